@@ -1,0 +1,135 @@
+"""The pipeline config: a YAML file validated by pydantic before any work starts.
+
+Every mistake a user can make in the file (an unknown key, a missing key, a bad value, a keep column
+that is also the id) is reported with the key's path and what is allowed, so a run never starts on a
+config it would later choke on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Modality = Literal["text", "image", "audio", "table"]
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says which key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldConfig(_Strict):
+    """One input column to embed, with the embedders to run on it."""
+
+    column: str = Field(min_length=1)
+    modality: Modality
+    embedders: list[str] | None = Field(
+        default=None, min_length=1, description="Embedder names; the modality's default if omitted."
+    )
+
+
+class SourceConfig(_Strict):
+    """A set of Parquet files with a stable row id, and the fields to embed from them."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits and _")
+    path: str = Field(min_length=1, description="a Parquet file, a folder of them, or a glob")
+    id: str = Field(min_length=1, description="column holding a unique, stable row id")
+    fields: list[FieldConfig] = Field(min_length=1)
+    keep: list[str] = Field(default_factory=list)
+    shard_rows: int = Field(default=4096, ge=1, description="rows per task (whole row groups)")
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> SourceConfig:
+        if self.id in self.keep:
+            raise ValueError(f"keep: {self.id!r} is the id column, which every table has already")
+        reserved = {"id", "content_hash", "vector"} & set(self.keep)
+        if reserved:
+            raise ValueError(f"keep: {sorted(reserved)} are names the embedding table uses itself")
+        if len(set(self.keep)) != len(self.keep):
+            raise ValueError("keep: a column is listed twice")
+        seen = [f.column for f in self.fields]
+        if len(set(seen)) != len(seen):
+            raise ValueError("fields: a column is listed twice; list several embedders on one field")
+        return self
+
+
+class PipelineConfig(_Strict):
+    """The whole file: where the tables go and which sources feed them."""
+
+    database: str = Field(min_length=1, description="LanceDB URI: a folder, s3://... or gs://...")
+    sources: list[SourceConfig] = Field(min_length=1)
+    batch_size: int = Field(default=64, ge=1, description="rows per forward pass")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        return sources
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called `name`, or a ConfigError listing the names there are."""
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no source named {name!r}; the config has {[s.name for s in self.sources]}")
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _resolve(path: str, base: Path) -> str:
+    """A relative local path is taken against the config file's folder; URIs stay as they are."""
+    if _is_uri(path) or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "\n".join(f"  - {line}" for line in lines)
+
+
+def parse_config(data: object, base: Path) -> PipelineConfig:
+    """Validate a loaded YAML document and resolve its relative paths against `base`."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping with keys 'database' and 'sources'")
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config:\n{_describe(e)}") from None
+    sources = [s.model_copy(update={"path": _resolve(s.path, base)}) for s in config.sources]
+    return config.model_copy(update={"database": _resolve(config.database, base), "sources": sources})
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a config file; raises ConfigError naming the file and the bad keys."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return parse_config(data, path.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,77 @@
+"""Arrow schemas of everything the pipeline writes: the contract dashboards and users query.
+
+- `<source>__<column>__<embedder>`: one embedding table per (source, field, embedder).
+- `_runs`: one row per run and table, with the row accounting
+  (rows_read = rows_embedded + rows_unchanged + rows_rejected).
+- `_rejects`: one row per rejected input row and table, with the stage and the reason.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+RUNS_TABLE = "_runs"
+REJECTS_TABLE = "_rejects"
+METADATA_PREFIX = "multiembed."
+
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("flow_run_id", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("rows_read", pa.int64(), nullable=False),
+        pa.field("rows_embedded", pa.int64(), nullable=False),
+        pa.field("rows_unchanged", pa.int64(), nullable=False),
+        pa.field("rows_rejected", pa.int64(), nullable=False),
+        pa.field("rows_deleted", pa.int64(), nullable=False),
+        pa.field("rows_truncated", pa.int64(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string()),
+        pa.field("column", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+def table_name(source: str, column: str, embedder: str) -> str:
+    """`<source>__<column>__<embedder>`, with characters LanceDB does not allow in names made `_`."""
+    safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in embedder)
+    return f"{source}__{column}__{safe}"
+
+
+def embedding_schema(
+    id_type: pa.DataType, dim: int, keep: list[pa.Field], metadata: dict[str, str]
+) -> pa.Schema:
+    """Schema of an embedding table; `metadata` says what produced the vectors (self-describing)."""
+    fields = [
+        pa.field("id", id_type, nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        *keep,
+    ]
+    return pa.schema(fields, metadata={METADATA_PREFIX + k: v for k, v in metadata.items()})
+
+
+def embedding_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The `multiembed.*` metadata of an embedding table's schema, without the prefix."""
+    raw = schema.metadata or {}
+    return {
+        k.decode()[len(METADATA_PREFIX) :]: v.decode()
+        for k, v in raw.items()
+        if k.decode().startswith(METADATA_PREFIX)
+    }

@@ -1,0 +1,1 @@
+"""Embedders per modality behind one contract (`base.Embedder`), found by name (`registry`)."""

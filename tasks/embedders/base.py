@@ -1,0 +1,83 @@
+"""The contract every embedder meets, so a new modality is a new preparer and embedder, not a new pipeline.
+
+An embedder is loaded once per worker process (see `registry.load_embedder`) and then does two
+things per shard: `prepare` (CPU work: tokenise, decode, extract features) and `embed` (batched
+inference, on the GPU when there is one). They are separate stages so preparation of one shard can
+overlap inference on another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from multiembed import PIPELINE_VERSION
+
+
+class ModelLoadError(ValueError):
+    """An embedder name or model reference that cannot be resolved to a model (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Modality:
+    """What a modality accepts, checked before any work (`accepts`) and per row (`reasons`)."""
+
+    name: str
+    expected: str  # what a column must hold, in words, for error messages
+    accepts: Callable[[pa.DataType], bool]
+    storage: pa.DataType  # the type accepted columns are cast to when read
+    # Per row: null if the value can be embedded, else why not (these rows go to `_rejects`).
+    reasons: Callable[[pa.Array], pa.Array]
+    default_embedder: str
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """Everything that shapes the vectors; written into the table metadata and the content hash."""
+
+    name: str
+    modality: str
+    model_id: str
+    revision: str  # a commit hash, or a hash of the weights when there is no commit
+    dim: int
+    pooling: str
+    normalize: bool
+    max_tokens: int
+    precision: str = "float32"
+
+    def metadata(self) -> dict[str, str]:
+        """String metadata for the Arrow schema of the embedding table."""
+        values: dict[str, Any] = {**asdict(self), "pipeline_version": PIPELINE_VERSION}
+        return {("embedder" if k == "name" else k): str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in values.items()}
+
+    def fingerprint(self) -> str:
+        """A short hash of the metadata: part of every row's content hash."""
+        blob = json.dumps(self.metadata(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Prepared(Protocol):
+    """A shard's inputs after CPU preparation, ready for the model."""
+
+    rows: int
+    truncated: int  # rows cut to the model's maximum input length
+
+
+class Embedder(Protocol):
+    """A loaded model with its preprocessing; `embed(prepare(values))` gives one vector per value."""
+
+    info: EmbedderInfo
+
+    def prepare(self, values: pa.Array) -> Prepared:
+        """CPU work on values that passed the modality's checks (no nulls)."""
+        ...
+
+    def embed(self, prepared: Prepared) -> np.ndarray:
+        """float32 array of shape (rows, dim), in the order of the values given to `prepare`."""
+        ...

@@ -1,0 +1,166 @@
+"""Read stage: find a source's Parquet files, check them before any work, cut them into shards, read a shard.
+
+Everything that would make a run fail part way (a missing file, an empty glob, a missing or mistyped
+column, a file that is not Parquet) is found here, from the files' footers alone, and reported as an
+InputError naming the file, the column and what was expected.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.config import SourceConfig
+from tasks.embedders.base import Modality
+
+
+class InputError(ValueError):
+    """Input that cannot be read as configured; found before any work, so nothing is written."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Whole row groups of one file: the unit of work of one task (seconds, not milliseconds)."""
+
+    file: str
+    row_groups: tuple[int, ...]
+    first_row: int  # index in the file of the shard's first row
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """The checked files of a source and the Arrow types every shard is cast to."""
+
+    files: tuple[str, ...]
+    schema: pa.Schema  # id, the fields' columns and the keep columns, in that order
+
+
+def resolve_files(path: str) -> list[str]:
+    """A Parquet file, every *.parquet below a folder, or a glob's matches, sorted."""
+    if "://" in path:
+        raise InputError(f"{path}: only local paths are supported for sources so far")
+    p = Path(path)
+    if p.is_file():
+        return [str(p)]
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*.parquet") if f.is_file())
+        if not files:
+            raise InputError(f"{path}: the folder holds no *.parquet files")
+        return files
+    if glob.has_magic(path):
+        files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
+        if not files:
+            raise InputError(f"{path}: the pattern matches no files")
+        return files
+    raise InputError(f"{path}: no such file or folder")
+
+
+def _id_type(t: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_integer(t):
+        return pa.int64()
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    return None
+
+
+def _read_schema(file: str) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{file}: cannot be read as Parquet ({e})") from None
+
+
+def inspect_source(source: SourceConfig, modalities: dict[str, Modality]) -> SourceLayout:
+    """Check every file's columns and types against the config; the layout shards are read with."""
+    files = resolve_files(source.path)
+    wanted: dict[str, pa.DataType] = {}
+    for file in files:
+        schema = _read_schema(file)
+        missing = [c for c in [source.id, *(f.column for f in source.fields), *source.keep] if c not in schema.names]
+        if missing:
+            raise InputError(
+                f"{file}: missing column(s) {missing}; the file has {schema.names}. "
+                "Fix the config's id/fields/keep or the file."
+            )
+        id_type = _id_type(schema.field(source.id).type)
+        if id_type is None:
+            raise InputError(
+                f"{file}: id column {source.id!r} is {schema.field(source.id).type}; "
+                "expected integers or strings"
+            )
+        for f in source.fields:
+            found = schema.field(f.column).type
+            if not modalities[f.modality].accepts(found):
+                raise InputError(
+                    f"{file}: column {f.column!r} is {found}; modality {f.modality!r} "
+                    f"expects {modalities[f.modality].expected}"
+                )
+        types = {source.id: id_type, **{f.column: modalities[f.modality].storage for f in source.fields},
+                 **{c: schema.field(c).type for c in source.keep}}
+        for column, t in types.items():
+            if wanted.setdefault(column, t) != t:
+                raise InputError(
+                    f"{file}: column {column!r} is {t} here but {wanted[column]} in {files[0]}; "
+                    "every file of a source must use the same types"
+                )
+    return SourceLayout(tuple(files), pa.schema([pa.field(c, t) for c, t in wanted.items()]))
+
+
+def plan_shards(files: tuple[str, ...], shard_rows: int) -> list[Shard]:
+    """Pack consecutive row groups into shards of about `shard_rows` rows (a bigger row group is one shard)."""
+    shards = []
+    for file in files:
+        meta = pq.ParquetFile(file).metadata
+        groups: list[int] = []
+        first = rows = 0
+        for i in range(meta.num_row_groups):
+            n = meta.row_group(i).num_rows
+            if groups and rows + n > shard_rows:
+                shards.append(Shard(file, tuple(groups), first, rows))
+                groups, first, rows = [], first + rows, 0
+            groups.append(i)
+            rows += n
+        if groups and rows:
+            shards.append(Shard(file, tuple(groups), first, rows))
+    return shards
+
+
+def find_duplicates(files: tuple[str, ...], id_column: str) -> pa.Table:
+    """Every repeat of an id after its first appearance (file order, then row order).
+
+    Returns columns file, row, first_file, first_row. DuckDB reads only the id column and spills to
+    disk if it must, so this stays within memory however many rows the source has.
+    """
+    query = f"""
+        WITH src AS (
+            SELECT "{id_column.replace('"', '""')}" AS id, filename AS file, file_row_number AS row
+            FROM read_parquet($files, filename = true, file_row_number = true)
+        ),
+        repeated AS (SELECT id FROM src WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1),
+        ranked AS (
+            SELECT file, row,
+                   first_value(file) OVER w AS first_file, first_value(row) OVER w AS first_row,
+                   row_number() OVER w AS k
+            FROM src SEMI JOIN repeated USING (id)
+            WINDOW w AS (PARTITION BY id ORDER BY file, row)
+        )
+        SELECT file, row::BIGINT AS row, first_file, first_row::BIGINT AS first_row
+        FROM ranked WHERE k > 1 ORDER BY file, row
+    """
+    with duckdb.connect() as con:
+        return con.execute(query, {"files": list(files)}).fetch_arrow_table()
+
+
+def read_shard(shard: Shard, layout: SourceLayout) -> pa.Table:
+    """The shard's rows, cast to the layout's types, with `_row`: each row's index in its file."""
+    table = pq.ParquetFile(shard.file).read_row_groups(list(shard.row_groups), columns=layout.schema.names)
+    table = table.select(layout.schema.names).cast(layout.schema)
+    rows = pa.array(np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64))
+    return table.append_column("_row", rows)

@@ -1,0 +1,64 @@
+"""Validate stage: decide, per row and field, whether it can be embedded, and why not if it cannot.
+
+Rejected rows are data, not exceptions: each gets a reason and goes to `_rejects`, and the run goes
+on. Row-level reasons (null id, id repeated in the input) apply to every field of the row; a field's
+own reasons (null or empty text, ...) come from its modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.embedders.base import Modality
+
+REJECT_COLUMNS = pa.schema(
+    [("file", pa.string()), ("row", pa.int64()), ("id", pa.string()), ("column", pa.string()),
+     ("stage", pa.string()), ("reason", pa.string())]
+)
+
+
+@dataclass
+class Checked:
+    """A field's rows that can be embedded, and the rows that cannot (in REJECT_COLUMNS form)."""
+
+    kept: pa.Table
+    rejects: pa.Table
+
+
+def rejects_table(
+    file: str, rows: pa.Table, id_column: str, columns: pa.Array, stage: str, reasons: pa.Array
+) -> pa.Table:
+    """Reject records for `rows` (which carry the id column and `_row`)."""
+    n = rows.num_rows
+    return pa.table(
+        [pa.repeat(pa.scalar(file), n), rows["_row"], rows[id_column].cast(pa.string()),
+         columns, pa.repeat(pa.scalar(stage), n), reasons],
+        schema=REJECT_COLUMNS,
+    )
+
+
+def row_reasons(table: pa.Table, id_column: str, file: str, duplicates: pa.Table) -> pa.ChunkedArray:
+    """Null, or why the whole row is rejected: a null id, or an id already seen earlier in the input."""
+    dups = duplicates.filter(pc.equal(duplicates["file"], file))
+    position = pc.index_in(table["_row"], value_set=dups["row"])
+    first_seen = pc.binary_join_element_wise(
+        "id repeated in the input (first at ", pc.take(dups["first_file"], position),
+        " row ", pc.take(dups["first_row"], position).cast(pa.string()), ")", "",
+    )
+    return pc.if_else(pc.is_null(table[id_column]), pa.scalar("null id"), first_seen)
+
+
+def check_field(
+    table: pa.Table, id_column: str, column: str, modality: Modality, file: str, whole_row: pa.ChunkedArray
+) -> Checked:
+    """Split the shard into rows whose `column` can be embedded and reject records for the rest."""
+    own = modality.reasons(table[column].combine_chunks())
+    reasons = pc.coalesce(whole_row, own)
+    bad = pc.is_valid(reasons)
+    rejected = table.filter(bad)
+    columns = pc.if_else(pc.is_valid(whole_row.filter(bad)), pa.scalar(id_column), pa.scalar(column))
+    rejects = rejects_table(file, rejected, id_column, columns, "validate", reasons.filter(bad))
+    return Checked(kept=table.filter(pc.invert(bad)), rejects=rejects)
