@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_table_artifact
@@ -30,30 +30,35 @@ IN_FLIGHT = 2
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time plus a random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def submit_shard(plan: SourcePlan, shard, staging: Staging) -> list[PrefectFuture[ShardFigures]]:
-    """Chain one shard's stages; each embedding table of the source gets its own prepare/embed/write."""
+def submit_shard(plan: SourcePlan, shard, staging: Staging) -> list[PrefectFuture]:
+    """Chain one shard's stages (each embedding table gets its own prepare/embed/write); futures in order."""
     rows = t.read.submit(plan, shard)
     checked = t.validate.submit(plan, shard, rows)
-    figures = []
+    futures = [rows, checked]
     for spec in plan.tables:
         prepared = t.prepare.submit(plan, spec, checked)
         vectors = t.embed.submit(plan, spec, prepared)
-        figures.append(t.stage.submit(plan, spec, shard, checked, prepared, vectors, staging))
-    return figures
+        futures += [prepared, vectors, t.stage.submit(plan, spec, shard, checked, prepared, vectors, staging)]
+    return futures
+
+
+def wait_shard(futures: list[PrefectFuture]) -> list[ShardFigures]:
+    """The shard's figures per table; raises the first stage's error (downstream stages never ran)."""
+    return [r for r in (f.result() for f in futures) if isinstance(r, ShardFigures)]
 
 
 def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
     """Run every shard of a source, logging progress (rows and rows/s) as shards finish."""
     logger = get_run_logger()
     started, done, results = time.monotonic(), 0, []
-    pending: deque[list[PrefectFuture[ShardFigures]]] = deque()
+    pending: deque[list[PrefectFuture]] = deque()
     for i, shard in enumerate(plan.shards):
         pending.append(submit_shard(plan, shard, staging))
         while pending and (len(pending) > IN_FLIGHT or i == len(plan.shards) - 1):
-            figures = [f.result() for f in pending.popleft()]
+            figures = wait_shard(pending.popleft())
             results += figures
             done += figures[0].rows_read
             rate = done / max(time.monotonic() - started, 1e-9)
@@ -65,7 +70,7 @@ def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
 def backfill(config: str, source: str | None = None) -> list[dict]:
     """Embed every row of the config's sources (or of `source` only) and publish a version per table."""
     logger = get_run_logger()
-    run = RunInfo(new_run_id(), runtime.flow_run.id, datetime.now(timezone.utc))
+    run = RunInfo(new_run_id(), runtime.flow_run.id, datetime.now(UTC))
     settings = load_config(config)
     selected = [settings.source(source)] if source else settings.sources
     plans = [t.plan(s, settings.batch_size) for s in selected]

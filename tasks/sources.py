@@ -62,12 +62,20 @@ def resolve_files(path: str) -> list[str]:
     raise InputError(f"{path}: no such file or folder")
 
 
+def is_text_type(t: pa.DataType) -> bool:
+    """Strings of any Arrow layout, dictionary-encoded ones (pandas categoricals) included."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 def _id_type(t: pa.DataType) -> pa.DataType | None:
+    """The type ids are read as: uint64 kept whole (it does not fit int64), other integers int64, strings."""
+    if pa.types.is_uint64(t):
+        return pa.uint64()
     if pa.types.is_integer(t):
         return pa.int64()
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return pa.string()
-    return None
+    return pa.string() if is_text_type(t) else None
 
 
 def _read_schema(file: str) -> pa.Schema:

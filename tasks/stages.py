@@ -8,16 +8,16 @@ rows_read = rows_embedded + rows_rejected (backfill embeds every accepted row).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import lancedb
-
 import numpy as np
 import pyarrow as pa
 
 from schemas.config import SourceConfig
 from schemas.tables import embedding_schema, table_name
-from tasks import sources, validate as checks, write
+from tasks import sources, write
+from tasks import validate as checks
 from tasks.embedders import registry
 from tasks.embedders.base import Prepared
 
@@ -139,7 +139,7 @@ def publish(database: str, plan: SourcePlan, staging: write.Staging, figures: li
     for spec in plan.tables:
         version, deleted = write.publish(db, spec.name, spec.schema, staging, tag=f"run-{run.run_id}")
         mine = [f for f in figures if f.table == spec.name]
-        finished = datetime.now(timezone.utc)
+        finished = datetime.now(UTC)
         rows.append({
             "run_id": run.run_id, "flow_run_id": run.flow_run_id, "source": plan.source.name, "table": spec.name,
             "version": version, "rows_read": sum(f.rows_read for f in mine),

@@ -8,8 +8,8 @@ worker pays the load once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tasks.embedders import hf
 from tasks.embedders.base import Embedder, Modality, ModelLoadError

@@ -18,6 +18,7 @@ import torch
 
 from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError
 from tasks.embedders.hf import ModelRef
+from tasks.sources import is_text_type
 
 POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -37,7 +38,7 @@ def text_reasons(values: pa.Array) -> pa.Array:
 TEXT = Modality(
     name="text",
     expected="a string column",
-    accepts=lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t),
+    accepts=is_text_type,
     storage=pa.large_string(),
     reasons=text_reasons,
     default_embedder="minilm",
