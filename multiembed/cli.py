@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The temporary Prefect server's telemetry writer races the first flow run for SQLite's lock.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # A first start of the temporary server migrates a new SQLite database: 20 s (the default) is too
+    # little on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     args = parser().parse_args(argv)
     try:
         args.run(args)

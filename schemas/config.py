@@ -7,6 +7,7 @@ config it would later choke on.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -39,12 +40,19 @@ class FieldConfig(_Strict):
 class SourceConfig(_Strict):
     """A set of Parquet files with a stable row id, and the fields to embed from them."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits and _")
+    name: str = Field(description="lowercase letters, digits and _, starting with a letter")
     path: str = Field(min_length=1, description="a Parquet file, a folder of them, or a glob")
     id: str = Field(min_length=1, description="column holding a unique, stable row id")
     fields: list[FieldConfig] = Field(min_length=1)
     keep: list[str] = Field(default_factory=list)
     shard_rows: int = Field(default=4096, ge=1, description="rows per task (whole row groups)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"{name!r} is not allowed: use lowercase letters, digits and _, starting with a letter")
+        return name
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> SourceConfig:

@@ -16,26 +16,36 @@ from conftest import write_config, write_parquet
 CLI = shutil.which("multiembed", path=str(Path(sys.executable).parent)) or "multiembed"
 
 
-def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(cwd / ".prefect")}
-    env.pop("PREFECT_API_URL", None)  # the command starts its own temporary server, as for a user
-    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Prefect home for the module's commands, so the temporary server's database is migrated once."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture
+def run(prefect_home: Path):
+    def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(prefect_home)}
+        env.pop("PREFECT_API_URL", None)  # the command starts its own temporary server, as for a user
+        return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run
 
 
 @pytest.mark.parametrize("command", [[], ["backfill"], ["versions"], ["demo"]])
-def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
+def test_every_command_has_help(command: list[str], tmp_path: Path, run) -> None:
     result = run(*command, "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "usage: multiembed" in result.stdout
 
 
-def test_usage_error_exits_2(tmp_path: Path) -> None:
+def test_usage_error_exits_2(tmp_path: Path, run) -> None:
     result = run("backfill", cwd=tmp_path)
     assert result.returncode == 2
     assert "the following arguments are required: config" in result.stderr
 
 
-def test_config_error_exits_2_names_the_key_and_writes_nothing(tmp_path: Path) -> None:
+def test_config_error_exits_2_names_the_key_and_writes_nothing(tmp_path: Path, run) -> None:
     write_parquet(tmp_path / "a.parquet", [{"id": 1, "body": "text"}])
     write_config(tmp_path, [{"name": "s", "path": "a.parquet", "id": "id", "colour": "red",
                              "fields": [{"column": "body", "modality": "txt"}]}])
@@ -47,7 +57,7 @@ def test_config_error_exits_2_names_the_key_and_writes_nothing(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_input_errors_exit_2_with_file_and_column_and_write_nothing(tmp_path: Path) -> None:
+def test_input_errors_exit_2_with_file_and_column_and_write_nothing(tmp_path: Path, run) -> None:
     write_parquet(tmp_path / "a.parquet", [{"id": 1, "body": 5}])
     write_config(tmp_path, [{"name": "s", "path": "a.parquet", "id": "id",
                              "fields": [{"column": "body", "modality": "text"}]}])
@@ -63,7 +73,7 @@ def test_input_errors_exit_2_with_file_and_column_and_write_nothing(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_failure_exits_1(tmp_path: Path) -> None:
+def test_failure_exits_1(tmp_path: Path, run) -> None:
     write_parquet(tmp_path / "a.parquet", [{"id": 1, "body": "text"}])
     (tmp_path / "db").write_text("a file where the database folder should be")
     write_config(tmp_path, [{"name": "s", "path": "a.parquet", "id": "id",
@@ -74,7 +84,7 @@ def test_failure_exits_1(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_embeds_real_text_offline_and_versions_lists_it(tmp_path: Path) -> None:
+def test_demo_embeds_real_text_offline_and_versions_lists_it(tmp_path: Path, run) -> None:
     result = run("demo", "--dir", "demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Results in" in result.stdout
