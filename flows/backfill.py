@@ -39,7 +39,7 @@ def submit_shard(plan: SourcePlan, shard, staging: Staging) -> list[PrefectFutur
     checked = t.validate.submit(plan, shard, rows)
     futures = [rows, checked]
     for spec in plan.tables:
-        prepared = t.prepare.submit(plan, spec, checked)
+        prepared = t.prepare.submit(plan, spec, shard, checked)
         vectors = t.embed.submit(plan, spec, prepared)
         futures += [prepared, vectors, t.stage.submit(plan, spec, shard, checked, prepared, vectors, staging)]
     return futures

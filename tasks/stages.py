@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import lancedb
 import numpy as np
@@ -94,10 +95,10 @@ def validate(plan: SourcePlan, shard: sources.Shard, rows: pa.Table) -> dict[str
     }
 
 
-def prepare(plan: SourcePlan, spec: TableSpec, checked: dict[str, checks.Checked]) -> Prepared:
+def prepare(plan: SourcePlan, spec: TableSpec, shard: sources.Shard, checked: dict[str, checks.Checked]) -> Prepared:
     """Prepare stage: CPU work (tokenise, decode) on the field's accepted rows."""
     embedder = registry.load_embedder(spec.modality, spec.embedder, plan.batch_size)
-    return embedder.prepare(checked[spec.column].kept[spec.column].combine_chunks())
+    return embedder.prepare(checked[spec.column].kept[spec.column].combine_chunks(), str(Path(shard.file).parent))
 
 
 def embed(plan: SourcePlan, spec: TableSpec, prepared: Prepared) -> np.ndarray:
@@ -111,10 +112,13 @@ def stage(
 ) -> ShardFigures:
     """Write stage (per shard): stage the vectors and every reject where the publish step will find them."""
     field = checked[spec.column]
-    rows, bad_vectors = write.vectors_table(field.kept, vectors, plan.source.id, spec.column, spec.schema,
+    kept, unprepared = checks.split_failures(field.kept, prepared.failures, plan.source.id, spec.column, shard.file)
+    ok = np.ones(len(vectors), dtype=bool)
+    ok[list(prepared.failures)] = False
+    rows, bad_vectors = write.vectors_table(kept, vectors[ok], plan.source.id, spec.column, spec.schema,
                                             spec.fingerprint, shard.file)
     key = write.shard_key(shard.file, shard.first_row)
-    rejects = pa.concat_tables([field.rejects, bad_vectors])
+    rejects = pa.concat_tables([field.rejects, unprepared, bad_vectors])
     if rejects.num_rows:
         staging.write("rejects", spec.name, key,
                       write.with_run_columns(rejects, staging.run_id, plan.source.name, spec.name))

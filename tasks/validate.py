@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -62,3 +63,14 @@ def check_field(
     columns = pc.if_else(pc.is_valid(whole_row.filter(bad)), pa.scalar(id_column), pa.scalar(column))
     rejects = rejects_table(file, rejected, id_column, columns, "validate", reasons.filter(bad))
     return Checked(kept=table.filter(pc.invert(bad)), rejects=rejects)
+
+
+def split_failures(kept: pa.Table, failures: dict[int, str], id_column: str, column: str, file: str
+                   ) -> tuple[pa.Table, pa.Table]:
+    """Separate the rows the prepare stage could not handle (by position) into reject records."""
+    failed = np.zeros(kept.num_rows, dtype=bool)
+    failed[list(failures)] = True
+    reasons = pa.array([failures[i] for i in sorted(failures)], pa.string())
+    bad = kept.filter(failed)
+    rejects = rejects_table(file, bad, id_column, pa.repeat(pa.scalar(column), bad.num_rows), "prepare", reasons)
+    return kept.filter(~failed), rejects

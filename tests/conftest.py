@@ -23,6 +23,7 @@ from tasks.embedders.registry import register_embedder  # noqa: E402
 
 FAKE_DIM = 8
 POISON = "poison"  # texts containing this make the fake embedder return NaN, like a broken model would
+UNDECODABLE = "undecodable"  # texts containing this fail the fake embedder's prepare stage, like a bad image
 
 
 @dataclass
@@ -30,6 +31,7 @@ class FakePrepared:
     texts: list[str]
     rows: int
     truncated: int
+    failures: dict[int, str]
 
 
 class FakeEmbedder:
@@ -40,9 +42,10 @@ class FakeEmbedder:
         self.info = EmbedderInfo(name=name, modality="text", model_id=f"fake/{name}", revision="1", dim=FAKE_DIM,
                                  pooling="none", normalize=True, max_tokens=max_chars)
 
-    def prepare(self, values: pa.Array) -> FakePrepared:
+    def prepare(self, values: pa.Array, base_dir: str) -> FakePrepared:
         texts = values.to_pylist()
-        return FakePrepared(texts, len(texts), sum(len(t) > self.max_chars for t in texts))
+        failures = {i: f"cannot decode ({base_dir})" for i, t in enumerate(texts) if UNDECODABLE in t}
+        return FakePrepared(texts, len(texts), sum(len(t) > self.max_chars for t in texts), failures)
 
     def embed(self, prepared: FakePrepared) -> np.ndarray:
         out = np.zeros((prepared.rows, FAKE_DIM), dtype=np.float32)

@@ -10,7 +10,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import POISON, write_config, write_parquet
+from conftest import POISON, UNDECODABLE, write_config, write_parquet
 
 import tasks.stages
 from flows.backfill import backfill
@@ -33,6 +33,7 @@ BAD_ROWS = [
     {"review_id": None, "body": "no id", "title": "t"},  # null id
     {"review_id": 102, "body": f"the model breaks on {POISON}", "title": "t"},  # non-finite vector
     {"review_id": 103, "body": "fine body", "title": None},  # null title: rejected for the title table only
+    {"review_id": 104, "body": f"{UNDECODABLE} payload", "title": "t"},  # fails the prepare stage
 ]
 
 
@@ -61,7 +62,7 @@ def test_every_row_is_accounted_for_in_runs_and_rejects(project: Path) -> None:
     runs, rejects = read(project, "_runs"), read(project, "_rejects")
     assert sorted(runs["table"].to_pylist()) == TABLES == sorted(r["table"] for r in summary)
     for run in runs.to_pylist():
-        assert run["rows_read"] == 36
+        assert run["rows_read"] == 37
         assert run["rows_read"] == run["rows_embedded"] + run["rows_unchanged"] + run["rows_rejected"]
         mine = rejects.filter(pc.equal(rejects["table"], run["table"]))
         assert mine.num_rows == run["rows_rejected"]
@@ -72,6 +73,7 @@ def test_every_row_is_accounted_for_in_runs_and_rejects(project: Path) -> None:
     assert reasons[("101", "validate", "body")] == "empty text"
     assert reasons[(None, "validate", "review_id")] == "null id"
     assert reasons[("102", "embed", "body")] == "model produced a non-finite vector"
+    assert reasons[("104", "prepare", "body")] == f"cannot decode ({project / 'raw'})"
     assert "a.parquet row 2" in reasons[("3", "validate", "review_id")]
     assert {r["file"] for r in body} == {str(project / "raw" / "b.parquet")}
     title = rejects.filter(pc.equal(rejects["table"], "reviews__title__fake"))
@@ -105,7 +107,7 @@ def test_table_holds_ids_keep_columns_unit_vectors_and_self_description(project:
 
 
 def test_each_run_publishes_exactly_one_version_per_table(project: Path) -> None:
-    backfill(config=str(project / "config.yaml"))  # 9 shards over two files
+    backfill(config=str(project / "config.yaml"))  # 10 shards over two files
     db = open_db(project)
     assert all(len(db.open_table(t).list_versions()) == 1 for t in TABLES)
     # The source shrinks: a second run publishes one more version and counts the ids that left.
@@ -158,8 +160,8 @@ def test_transient_read_error_is_retried_and_bad_data_is_not(project: Path, monk
 
     monkeypatch.setattr(tasks.stages.sources, "read_shard", flaky)
     summary = backfill(config=str(project / "config.yaml"))
-    assert all(r["rows_read"] == 36 for r in summary)
-    assert calls["read"] == 10  # 9 shards + 1 retry
+    assert all(r["rows_read"] == 37 for r in summary)
+    assert calls["read"] == 11  # 10 shards + 1 retry
 
     tries: dict[tuple[str, int], int] = {}
 

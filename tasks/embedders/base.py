@@ -68,6 +68,7 @@ class Prepared(Protocol):
 
     rows: int
     truncated: int  # rows cut to the model's maximum input length
+    failures: dict[int, str]  # input position -> why preparing it failed (an undecodable image, ...)
 
 
 class Embedder(Protocol):
@@ -75,10 +76,17 @@ class Embedder(Protocol):
 
     info: EmbedderInfo
 
-    def prepare(self, values: pa.Array) -> Prepared:
-        """CPU work on values that passed the modality's checks (no nulls)."""
+    def prepare(self, values: pa.Array, base_dir: str) -> Prepared:
+        """CPU work on values that passed the modality's checks (no nulls).
+
+        `base_dir` is the folder of the Parquet file the values come from (relative paths in the data
+        resolve against it). A value that cannot be prepared is listed in `failures`, not raised.
+        """
         ...
 
     def embed(self, prepared: Prepared) -> np.ndarray:
-        """float32 array of shape (rows, dim), in the order of the values given to `prepare`."""
+        """float32 array of shape (rows, dim), in the order of the values given to `prepare`.
+
+        Rows listed in `prepared.failures` may hold anything; they are rejected, not written.
+        """
         ...

@@ -8,7 +8,7 @@ the fast tokenizer, `inference_mode`, pool, normalise, restore order), so its ve
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ class TokenBatches:
     order: np.ndarray
     rows: int
     truncated: int
+    failures: dict[int, str] = field(default_factory=dict)  # tokenising text does not fail per row
 
 
 def read_pooling(folder: Path) -> str:
@@ -118,7 +119,7 @@ class TextEmbedder:
             dim=int(config.hidden_size), pooling=pooling, normalize=True, max_tokens=max_tokens,
         )
 
-    def prepare(self, values: pa.Array) -> TokenBatches:
+    def prepare(self, values: pa.Array, base_dir: str = "") -> TokenBatches:
         """Sort by length (long first, as sentence-transformers does) and tokenise batch by batch."""
         order = np.argsort(-pc.utf8_length(values).to_numpy(zero_copy_only=False), kind="stable")
         texts = values.take(pa.array(order)).to_pylist()
