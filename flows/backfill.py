@@ -1,9 +1,10 @@
-"""The `backfill` flow: embed every row of the configured sources and publish one version per table.
+"""The `backfill` and `refresh` flows: bring every table of the configured sources up to date.
 
-Wiring only: plan every source first (so bad input fails before anything is written), run the
-shards through read -> validate -> prepare -> embed -> write with a bounded number in flight (so
-memory does not grow with the input), then publish. The task runner is a parameter of the flow
-(`backfill.with_options(task_runner=...)`), so Ray or Dask can run the same shards.
+Wiring only: plan every source first (so bad input fails before anything is written); then, per
+source and under its lock, diff against the tables, run the shards through read -> validate ->
+prepare -> embed -> write with a bounded number in flight (so memory does not grow with the input),
+skipping shards an interrupted run already staged, and publish. The task runner is a parameter of
+the flow (`backfill.with_options(task_runner=...)`), so Ray or Dask can run the same shards.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stages as t
 from schemas.config import load_config
-from tasks.stages import RunInfo, ShardFigures, SourcePlan
+from tasks.lock import source_lock
+from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for
 from tasks.write import Staging
 
 # Shards in flight at once: enough to overlap one shard's preparation with another's inference,
@@ -56,7 +58,11 @@ def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
     started, done, results = time.monotonic(), 0, []
     pending: deque[list[PrefectFuture]] = deque()
     for i, shard in enumerate(plan.shards):
-        pending.append(submit_shard(plan, shard, staging))
+        staged = staged_figures(plan, shard, staging)
+        if staged is not None:  # an interrupted run of the same work finished this shard
+            results += staged
+        else:
+            pending.append(submit_shard(plan, shard, staging))
         while pending and (len(pending) > IN_FLIGHT or i == len(plan.shards) - 1):
             figures = wait_shard(pending.popleft())
             results += figures
@@ -66,27 +72,45 @@ def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
     return results
 
 
-@flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=IN_FLIGHT))
-def backfill(config: str, source: str | None = None) -> list[dict]:
-    """Embed every row of the config's sources (or of `source` only) and publish a version per table."""
+def embed_sources(config: str, source: str | None, kind: Kind, full: bool = False) -> list[dict]:
+    """The body of both flows: plan all, then per source diff, embed what changed, publish."""
     logger = get_run_logger()
     run = RunInfo(new_run_id(), runtime.flow_run.id, datetime.now(UTC))
     settings = load_config(config)
     selected = [settings.source(source)] if source else settings.sources
     plans = [t.plan(s, settings.batch_size) for s in selected]
-    staging = Staging(settings.database, run.run_id)
     summary = []
     for plan in plans:
-        summary += t.publish(settings.database, plan, staging, run_shards(plan, staging), run)
-    staging.remove()
+        with source_lock(settings.database, plan.source.name, logger):
+            plan = t.diff(settings.database, plan, full)
+            staging = staging_for(settings.database, plan, kind)
+            summary += t.publish(settings.database, plan, staging, run_shards(plan, staging), run, kind)
+            staging.remove()
     for row in summary:
         logger.info(
-            "%s: version %d, %d read, %d embedded, %d rejected, %d truncated, %d deleted, %.1f s",
-            row["table"], row["version"], row["rows_read"], row["rows_embedded"], row["rows_rejected"],
+            "%s: %s, %d read, %d embedded, %d unchanged, %d rejected, %d truncated, %d deleted, %.1f s",
+            row["table"], f"version {row['version']}" if row["published"] else "nothing changed, no new version",
+            row["rows_read"], row["rows_embedded"], row["rows_unchanged"], row["rows_rejected"],
             row["rows_truncated"], row["rows_deleted"], row["seconds"],
         )
     create_table_artifact(
-        key="backfill-summary", table=[{k: str(v) for k, v in r.items()} for r in summary],
-        description=f"backfill run {run.run_id}",
+        key=f"{kind}-summary", table=[{k: str(v) for k, v in r.items()} for r in summary],
+        description=f"{kind} run {run.run_id}",
     )
     return summary
+
+
+@flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=IN_FLIGHT))
+def backfill(config: str, source: str | None = None, full: bool = False) -> list[dict]:
+    """Make every table of the config's sources (or of `source`) match its input.
+
+    Rows whose content hash is unchanged are not embedded again (so a repeated backfill does nothing);
+    `full` re-embeds every row into a new version.
+    """
+    return embed_sources(config, source, "backfill", full)
+
+
+@flow(name="refresh", task_runner=ThreadPoolTaskRunner(max_workers=IN_FLIGHT))
+def refresh(config: str, source: str | None = None) -> list[dict]:
+    """Embed only new and changed rows, and remove (or keep, per source) rows whose ids left the input."""
+    return embed_sources(config, source, "refresh")

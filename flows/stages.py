@@ -33,6 +33,7 @@ def _stage(fn, name: str, retries: int = 2):
 
 
 plan = _stage(stages.plan_source, "plan")
+diff = _stage(stages.diff, "diff")
 read = _stage(stages.read, "read")
 validate = _stage(stages.validate, "validate", retries=0)
 prepare = _stage(stages.prepare, "prepare", retries=0)

@@ -16,12 +16,25 @@ USAGE_ERRORS = (ConfigError, InputError, ModelLoadError)
 
 def _backfill(args: argparse.Namespace) -> None:
     from flows.backfill import backfill
+
+    _check_config(args)
+    backfill(config=str(args.config), source=args.source, full=args.full)
+
+
+def _refresh(args: argparse.Namespace) -> None:
+    from flows.backfill import refresh
+
+    _check_config(args)
+    refresh(config=str(args.config), source=args.source)
+
+
+def _check_config(args: argparse.Namespace) -> None:
+    """Fail fast on a bad config or source name, before Prefect starts."""
     from schemas.config import load_config
 
-    settings = load_config(args.config)  # fail fast, before Prefect starts
+    settings = load_config(args.config)
     if args.source:
         settings.source(args.source)
-    backfill(config=str(args.config), source=args.source)
 
 
 def _versions(args: argparse.Namespace) -> None:
@@ -29,6 +42,27 @@ def _versions(args: argparse.Namespace) -> None:
     from schemas.config import load_config
 
     print_versions(load_config(args.config).database, args.table)
+
+
+def _show(args: argparse.Namespace) -> None:
+    from multiembed.catalog import print_table
+    from schemas.config import load_config
+
+    print_table(load_config(args.config).database, args.table, args.as_of, args.limit)
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from multiembed.catalog import print_restore
+    from schemas.config import load_config
+
+    print_restore(load_config(args.config).database, args.table, args.version)
+
+
+def _compact(args: argparse.Namespace) -> None:
+    from multiembed.catalog import print_compact
+    from schemas.config import load_config
+
+    print_compact(load_config(args.config).database, args.retention, args.table)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -44,12 +78,41 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backfill", help="embed every row of the source(s) and publish a version per table")
     b.add_argument("config", help="path of the pipeline config (YAML)")
     b.add_argument("--source", help="only this source (default: all)")
+    b.add_argument("--full", action="store_true", help="re-embed every row, even rows whose content is unchanged")
     b.set_defaults(run=_backfill)
+
+    r = sub.add_parser("refresh", help="embed only new and changed rows, remove rows that left; publish if any changed")
+    r.add_argument("config", help="path of the pipeline config (YAML)")
+    r.add_argument("--source", help="only this source (default: all)")
+    r.set_defaults(run=_refresh)
 
     v = sub.add_parser("versions", help="list each table's versions with time, row count and tags")
     v.add_argument("config", help="path of the pipeline config (YAML)")
     v.add_argument("--table", help="only this table")
     v.set_defaults(run=_versions)
+
+    s = sub.add_parser("show", help="show a table at a version, tag or time: version, rows, model metadata, first rows")
+    s.add_argument("config", help="path of the pipeline config (YAML)")
+    s.add_argument("table", help="table name (see `multiembed versions`)")
+    s.add_argument("--as-of", metavar="V|TAG|TIME",
+                   help="a version number, a tag (run-...) or an ISO 8601 time, UTC unless it has an offset: "
+                        "the latest version at or before it (default: the latest version)")
+    s.add_argument("--limit", type=int, default=5, metavar="N", help="rows to print (default: %(default)s)")
+    s.set_defaults(run=_show)
+
+    rs = sub.add_parser("restore", help="make an earlier version's content the newest version (history is kept)")
+    rs.add_argument("config", help="path of the pipeline config (YAML)")
+    rs.add_argument("table", help="table name (see `multiembed versions`)")
+    rs.add_argument("version", metavar="VERSION_OR_TAG", help="a version number or a tag (or a time, as for show)")
+    rs.set_defaults(run=_restore)
+
+    c = sub.add_parser("compact", help="merge small files and remove untagged versions older than the retention")
+    c.add_argument("config", help="path of the pipeline config (YAML)")
+    c.add_argument("--retention", default="7d", metavar="DURATION",
+                   help="keep versions younger than this: 7d, 12h, 30m, 0s (default: %(default)s); "
+                        "tagged versions and the latest are always kept; readers still on a removed version fail")
+    c.add_argument("--table", help="only this table (default: every table)")
+    c.set_defaults(run=_compact)
 
     d = sub.add_parser("demo", help="build the bundled demo data, embed it offline and show how to query it")
     d.add_argument("--dir", default="multiembed-demo", help="where to write the demo (default: %(default)s)")

@@ -46,6 +46,9 @@ class SourceConfig(_Strict):
     fields: list[FieldConfig] = Field(min_length=1)
     keep: list[str] = Field(default_factory=list)
     shard_rows: int = Field(default=4096, ge=1, description="rows per task (whole row groups)")
+    deletes: Literal["delete", "keep"] = Field(
+        default="delete", description="refresh: remove rows whose ids left the source, or keep them"
+    )
 
     @field_validator("name")
     @classmethod

@@ -1,15 +1,18 @@
-"""The backfill's stages over one shard, as plain typed functions (the flow only wires them).
+"""The embedding run's stages over one source, as plain typed functions (the flows only wire them).
 
-plan (per source, before any work) -> read -> validate -> prepare -> embed -> write (stage) per shard
--> publish (per table, one version). Every row read is accounted for: each shard's figures satisfy
-rows_read = rows_embedded + rows_rejected (backfill embeds every accepted row).
+plan (every source, before any work) -> diff (per source, against each table's latest version)
+-> per shard: read -> validate -> prepare -> embed -> write (stage) -> publish (one version per table).
+Every row read is accounted for per table: rows_read = rows_embedded + rows_unchanged + rows_rejected.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import lancedb
 import numpy as np
@@ -19,8 +22,11 @@ from schemas.config import SourceConfig
 from schemas.tables import embedding_schema, table_name
 from tasks import sources, write
 from tasks import validate as checks
+from tasks.diff import TableDiff, diff_table
 from tasks.embedders import registry
 from tasks.embedders.base import Prepared
+
+Kind = Literal["backfill", "refresh"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class SourcePlan:
-    """Everything a source's shards need, settled before any work starts."""
+    """Everything a source's shards need; `diffs` is filled in by `diff` just before the shards run."""
 
     source: SourceConfig
     layout: sources.SourceLayout
@@ -45,6 +51,7 @@ class SourcePlan:
     duplicates: pa.Table
     tables: tuple[TableSpec, ...]
     batch_size: int
+    diffs: dict[str, TableDiff] | None = None
 
     @property
     def rows(self) -> int:
@@ -58,6 +65,7 @@ class ShardFigures:
     table: str
     rows_read: int
     rows_embedded: int
+    rows_unchanged: int
     rows_rejected: int
     rows_truncated: int
 
@@ -80,25 +88,56 @@ def plan_source(source: SourceConfig, batch_size: int) -> SourcePlan:
     )
 
 
+def diff(database: str, plan: SourcePlan, full: bool) -> SourcePlan:
+    """Diff stage: for each table, what this run must embed and may delete (everything if `full`)."""
+    db = lancedb.connect(database)
+    diffs = {
+        spec.name: diff_table(db, spec.name, spec.schema, spec.fingerprint, plan.layout.files, list(plan.shards),
+                              plan.source.id, spec.column, plan.layout.schema.field(spec.column).type, full)
+        for spec in plan.tables
+    }
+    return replace(plan, diffs=diffs)
+
+
+def staging_for(database: str, plan: SourcePlan, kind: Kind) -> write.Staging:
+    """The staging area of this exact piece of work: same inputs, models and base versions, same place."""
+    files = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in plan.layout.files]
+    tables = [(t.name, t.fingerprint, str(t.schema), plan.diffs[t.name].mode, plan.diffs[t.name].base_version)
+              for t in plan.tables]
+    blob = json.dumps([kind, plan.source.model_dump(), files, tables], sort_keys=True, default=str)
+    return write.Staging(database, f"{plan.source.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}")
+
+
+def staged_figures(plan: SourcePlan, shard: sources.Shard, staging: write.Staging) -> list[ShardFigures] | None:
+    """The figures of a shard a previous, interrupted run of the same work already staged for every table."""
+    key = write.shard_key(shard.file, shard.first_row)
+    done = [staging.done(spec.name, key) for spec in plan.tables]
+    if any(d is None for d in done):
+        return None
+    return [ShardFigures(**d) for d in done]
+
+
 def read(plan: SourcePlan, shard: sources.Shard) -> pa.Table:
     """Read stage: the shard's rows with their row index in the file."""
     return sources.read_shard(shard, plan.layout)
 
 
 def validate(plan: SourcePlan, shard: sources.Shard, rows: pa.Table) -> dict[str, checks.Checked]:
-    """Validate stage: per field, the rows that can be embedded and reject records for the others."""
+    """Validate stage, per table: rows to embed (valid and changed), how many are unchanged, reject records."""
     whole_row = checks.row_reasons(rows, plan.source.id, shard.file, plan.duplicates)
-    return {
+    per_field = {
         f.column: checks.check_field(rows, plan.source.id, f.column, registry.modality(f.modality), shard.file,
                                      whole_row)
         for f in plan.source.fields
     }
+    return {spec.name: checks.only_rows(per_field[spec.column], plan.diffs[spec.name].rows_to_embed(shard))
+            for spec in plan.tables}
 
 
 def prepare(plan: SourcePlan, spec: TableSpec, shard: sources.Shard, checked: dict[str, checks.Checked]) -> Prepared:
-    """Prepare stage: CPU work (tokenise, decode) on the field's accepted rows."""
+    """Prepare stage: CPU work (tokenise, decode) on the rows to embed."""
     embedder = registry.load_embedder(spec.modality, spec.embedder, plan.batch_size)
-    return embedder.prepare(checked[spec.column].kept[spec.column].combine_chunks(), str(Path(shard.file).parent))
+    return embedder.prepare(checked[spec.name].kept[spec.column].combine_chunks(), str(Path(shard.file).parent))
 
 
 def embed(plan: SourcePlan, spec: TableSpec, prepared: Prepared) -> np.ndarray:
@@ -110,20 +149,22 @@ def stage(
     plan: SourcePlan, spec: TableSpec, shard: sources.Shard, checked: dict[str, checks.Checked],
     prepared: Prepared, vectors: np.ndarray, staging: write.Staging,
 ) -> ShardFigures:
-    """Write stage (per shard): stage the vectors and every reject where the publish step will find them."""
-    field = checked[spec.column]
-    kept, unprepared = checks.split_failures(field.kept, prepared.failures, plan.source.id, spec.column, shard.file)
+    """Write stage (per shard): stage the vectors and every reject, then mark the shard done for the table."""
+    work = checked[spec.name]
+    kept, unprepared = checks.split_failures(work.kept, prepared.failures, plan.source.id, spec.column, shard.file)
     ok = np.ones(len(vectors), dtype=bool)
     ok[list(prepared.failures)] = False
     rows, bad_vectors = write.vectors_table(kept, vectors[ok], plan.source.id, spec.column, spec.schema,
                                             spec.fingerprint, shard.file)
     key = write.shard_key(shard.file, shard.first_row)
-    rejects = pa.concat_tables([field.rejects, unprepared, bad_vectors])
+    rejects = pa.concat_tables([work.rejects, unprepared, bad_vectors])
     if rejects.num_rows:
-        staging.write("rejects", spec.name, key,
-                      write.with_run_columns(rejects, staging.run_id, plan.source.name, spec.name))
+        staging.write("rejects", spec.name, key, write.staged_rejects(rejects, plan.source.name, spec.name))
     staging.write("vectors", spec.name, key, rows)
-    return ShardFigures(spec.name, shard.num_rows, rows.num_rows, rejects.num_rows, prepared.truncated)
+    figures = ShardFigures(spec.name, shard.num_rows, rows.num_rows, work.unchanged, rejects.num_rows,
+                           prepared.truncated)
+    staging.mark_done(spec.name, key, {k: v for k, v in vars(figures).items()})
+    return figures
 
 
 @dataclass(frozen=True)
@@ -135,24 +176,42 @@ class RunInfo:
     started_at: datetime
 
 
-def publish(database: str, plan: SourcePlan, staging: write.Staging, figures: list[ShardFigures],
-            run: RunInfo) -> list[dict]:
-    """Publish stage: one new version per table of the source, then its `_rejects` and `_runs` rows."""
+def publish_table(db: lancedb.DBConnection, plan: SourcePlan, spec: TableSpec, staging: write.Staging,
+                  embedded: int, kind: Kind, tag: str) -> tuple[int, int, bool]:
+    """Publish one table as its diff says; returns (version, rows_deleted, published)."""
+    change = plan.diffs[spec.name]
+    if change.mode != "merge":
+        version, deleted = write.replace(db, spec.name, spec.schema, staging)
+    else:
+        keep_gone = kind == "refresh" and plan.source.deletes == "keep"
+        delete = change.stale.slice(0, 0) if keep_gone else write.ids_to_delete(change.stale, staging, spec.name,
+                                                                                 spec.schema)
+        if not embedded and not len(delete):
+            return change.base_version, 0, False  # nothing changed: no new version
+        version, deleted = write.merge(db, spec.name, spec.schema, staging, delete), len(delete)
+    db.open_table(spec.name).tags.create(tag, version)
+    return version, deleted, True
+
+
+def publish(database: str, plan: SourcePlan, staging: write.Staging, figures: list[ShardFigures], run: RunInfo,
+            kind: Kind) -> list[dict]:
+    """Publish stage: at most one new version per table of the source, then its `_rejects` and `_runs` rows."""
     db = lancedb.connect(database)
     rows = []
     for spec in plan.tables:
-        version, deleted = write.publish(db, spec.name, spec.schema, staging, tag=f"run-{run.run_id}")
         mine = [f for f in figures if f.table == spec.name]
+        totals = {k: sum(getattr(f, k) for f in mine) for k in ("rows_read", "rows_embedded", "rows_unchanged",
+                                                                 "rows_rejected", "rows_truncated")}
+        version, deleted, published = publish_table(db, plan, spec, staging, totals["rows_embedded"], kind,
+                                                    tag=f"run-{run.run_id}")
         finished = datetime.now(UTC)
         rows.append({
             "run_id": run.run_id, "flow_run_id": run.flow_run_id, "source": plan.source.name, "table": spec.name,
-            "version": version, "rows_read": sum(f.rows_read for f in mine),
-            "rows_embedded": sum(f.rows_embedded for f in mine), "rows_unchanged": 0,
-            "rows_rejected": sum(f.rows_rejected for f in mine), "rows_deleted": deleted,
-            "rows_truncated": sum(f.rows_truncated for f in mine), "started_at": run.started_at,
-            "finished_at": finished, "seconds": (finished - run.started_at).total_seconds(),
+            "version": version, **totals, "rows_deleted": deleted, "published": published,
+            "started_at": run.started_at, "finished_at": finished,
+            "seconds": (finished - run.started_at).total_seconds(),
         })
     if any(r["rows_rejected"] for r in rows):
-        write.record_rejects(db, staging, [t.name for t in plan.tables])
+        write.record_rejects(db, staging, [t.name for t in plan.tables], run.run_id)
     write.record_run(db, rows)
     return rows

@@ -23,10 +23,11 @@ REJECT_COLUMNS = pa.schema(
 
 @dataclass
 class Checked:
-    """A field's rows that can be embedded, and the rows that cannot (in REJECT_COLUMNS form)."""
+    """Rows to embed, how many valid rows are unchanged (not embedded again), and reject records."""
 
     kept: pa.Table
     rejects: pa.Table
+    unchanged: int = 0
 
 
 def rejects_table(
@@ -74,3 +75,12 @@ def split_failures(kept: pa.Table, failures: dict[int, str], id_column: str, col
     bad = kept.filter(failed)
     rejects = rejects_table(file, bad, id_column, pa.repeat(pa.scalar(column), bad.num_rows), "prepare", reasons)
     return kept.filter(~failed), rejects
+
+
+def only_rows(checked: Checked, rows: np.ndarray | None) -> Checked:
+    """Keep only the valid rows whose index in the file is in `rows` (None: all); the rest are unchanged."""
+    if rows is None:
+        return checked
+    wanted = pc.is_in(checked.kept["_row"], value_set=pa.array(rows, pa.int64()))
+    kept = checked.kept.filter(wanted)
+    return Checked(kept, checked.rejects, unchanged=checked.kept.num_rows - kept.num_rows)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -23,28 +25,56 @@ import pyarrow.parquet as pq
 from schemas.tables import REJECTS_SCHEMA, REJECTS_TABLE, RUNS_SCHEMA, RUNS_TABLE
 from tasks.validate import rejects_table
 
+STAGED_REJECTS_SCHEMA = pa.schema([f for f in REJECTS_SCHEMA if f.name != "run_id"])
+
 
 @dataclass(frozen=True)
 class Staging:
-    """Where one run stages its shard results: `<database>/_staging/<run_id>`."""
+    """Where a source's shard results wait for publishing: `<database>/_staging/<key>`.
+
+    `key` is derived from everything that decides the results (inputs, models, base versions), so a run
+    that died is resumed by the next identical run: shards with a done marker are not embedded again.
+    """
 
     database: str
-    run_id: str
+    key: str
 
     @property
     def root(self) -> str:
-        return f"{self.database.rstrip('/')}/_staging/{self.run_id}"
+        return f"{self.database.rstrip('/')}/_staging/{self.key}"
 
     def folder(self, kind: str, table: str) -> str:
         return f"{self.root}/{kind}/{table}"
 
-    def write(self, kind: str, table: str, shard_key: str, data: pa.Table) -> None:
-        """Write one shard's file atomically (temp name, then rename), so a re-run never reads half a file."""
+    def _put(self, kind: str, table: str, name: str, write_to: Callable[[str, pafs.FileSystem], None]) -> None:
+        """Write a file atomically (temp name, then rename), so a re-run never reads half a file."""
         fs, folder = pafs.FileSystem.from_uri(self.folder(kind, table))
         fs.create_dir(folder, recursive=True)
-        final = f"{folder}/{shard_key}.parquet"
-        pq.write_table(data, final + ".tmp", filesystem=fs)
-        fs.move(final + ".tmp", final)
+        write_to(f"{folder}/{name}.tmp", fs)
+        fs.move(f"{folder}/{name}.tmp", f"{folder}/{name}")
+
+    def write(self, kind: str, table: str, shard_key: str, data: pa.Table) -> None:
+        """Stage one shard's rows for `table` (kind: vectors or rejects)."""
+        self._put(kind, table, f"{shard_key}.parquet", lambda path, fs: pq.write_table(data, path, filesystem=fs))
+
+    def mark_done(self, table: str, shard_key: str, figures: dict[str, int]) -> None:
+        """Record that a shard is fully staged for `table`, with its figures (written last)."""
+        blob = json.dumps(figures).encode()
+
+        def put(path: str, fs: pafs.FileSystem) -> None:
+            with fs.open_output_stream(path) as f:
+                f.write(blob)
+
+        self._put("done", table, f"{shard_key}.json", put)
+
+    def done(self, table: str, shard_key: str) -> dict[str, int] | None:
+        """The figures of a shard staged earlier for `table`, or None if it is not done."""
+        fs, folder = pafs.FileSystem.from_uri(self.folder("done", table))
+        try:
+            with fs.open_input_stream(f"{folder}/{shard_key}.json") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
 
     def read(self, kind: str, table: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.RecordBatchReader:
         """A stream over everything staged for `table` (empty if nothing was), optionally some columns only."""
@@ -66,13 +96,21 @@ def shard_key(file: str, first_row: int) -> str:
     return f"{hashlib.sha256(file.encode()).hexdigest()[:12]}-{first_row:012d}"
 
 
+def hash_sql(column: str, dtype: pa.DataType) -> str:
+    """DuckDB expression for a row's content hash: sha256 of the fingerprint `$fp` and the payload.
+
+    The one definition used both when writing rows and when diffing a source against a table.
+    """
+    text = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    return f"sha256(encode($fp) || {f'encode({column})' if text else column})"
+
+
 def content_hashes(values: pa.ChunkedArray | pa.Array, fingerprint: str) -> pa.Array:
     """sha256 of (embedder fingerprint, payload) per row: changes when the input or the model does."""
     payload = pa.table({"v": values})
-    cast = "encode(v)" if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) else "v"
     with duckdb.connect() as con:
         con.register("payload", payload)
-        result = con.execute(f"SELECT sha256(encode($fp) || {cast}) AS h FROM payload", {"fp": fingerprint})
+        result = con.execute(f"SELECT {hash_sql('v', values.type)} AS h FROM payload", {"fp": fingerprint})
         return result.fetch_arrow_table()["h"].combine_chunks().cast(pa.string())
 
 
@@ -98,14 +136,12 @@ def vectors_table(
     return rows.filter(finite), rejects
 
 
-def with_run_columns(rejects: pa.Table, run_id: str, source: str, table: str) -> pa.Table:
-    """Reject records in `_rejects` form: the run, source and table they count against."""
+def staged_rejects(rejects: pa.Table, source: str, table: str) -> pa.Table:
+    """Reject records with the source and table they count against (the run id is added when recorded)."""
     n = rejects.num_rows
-    extra = {"run_id": run_id, "source": source, "table": table}
-    columns = {name: pa.repeat(pa.scalar(value), n) for name, value in extra.items()}
-    return pa.table({**columns, **{c: rejects[c] for c in rejects.column_names}}).select(REJECTS_SCHEMA.names).cast(
-        REJECTS_SCHEMA
-    )
+    columns = {"source": pa.repeat(pa.scalar(source), n), "table": pa.repeat(pa.scalar(table), n)}
+    return pa.table({**columns, **{c: rejects[c] for c in rejects.column_names}}).select(
+        STAGED_REJECTS_SCHEMA.names).cast(STAGED_REJECTS_SCHEMA)
 
 
 def open_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
@@ -125,8 +161,8 @@ def count_deleted(previous: lancedb.table.Table, new_ids: pa.RecordBatchReader) 
         return con.execute("SELECT count(*) FROM old_ids ANTI JOIN new_ids USING (id)").fetchone()[0]
 
 
-def publish(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Staging, tag: str) -> tuple[int, int]:
-    """Replace the table's rows with everything staged for it, in one new version tagged `tag`.
+def replace(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Staging) -> tuple[int, int]:
+    """Make everything staged for the table its new content, in one new version.
 
     Returns (version, rows_deleted), where rows_deleted counts ids of the previous version that the
     new one no longer has. Earlier versions stay readable (LanceDB keeps them).
@@ -139,8 +175,37 @@ def publish(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Sta
         name, data=staging.read("vectors", name, schema), schema=schema,
         mode="overwrite" if previous is not None else "create",
     )
-    table.tags.create(tag, table.version)
     return table.version, deleted
+
+
+def ids_to_delete(stale: pa.Array, staging: Staging, name: str, schema: pa.Schema) -> pa.Array:
+    """The stale ids (no longer in the source with the same content) that this run did not re-embed."""
+    with duckdb.connect() as con:
+        con.register("stale", pa.table({"id": stale}))
+        con.register("embedded", staging.read("vectors", name, schema, columns=["id"]))
+        return con.execute("SELECT id FROM stale ANTI JOIN embedded USING (id)").fetch_arrow_table()["id"]
+
+
+def sql_in(column: str, values: pa.Array) -> str:
+    """A SQL `column IN (...)` predicate for LanceDB, with string values quoted."""
+    if pa.types.is_integer(values.type):
+        items = ", ".join(str(v) for v in values.to_pylist())
+    else:
+        items = ", ".join("'" + v.replace("'", "''") + "'" for v in values.to_pylist())
+    return f"{column} IN ({items})"
+
+
+def merge(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Staging, delete: pa.Array) -> int:
+    """Upsert the staged rows by id and delete the `delete` ids, in one new version; returns it.
+
+    LanceDB retries the commit if another writer committed in between, so concurrent writers never
+    lose or duplicate rows.
+    """
+    table = db.open_table(name)
+    builder = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+    if len(delete):
+        builder = builder.when_not_matched_by_source_delete(sql_in("id", delete))
+    return builder.execute(staging.read("vectors", name, schema)).version
 
 
 def append(db: lancedb.DBConnection, name: str, schema: pa.Schema, data: pa.RecordBatchReader | pa.Table) -> None:
@@ -157,8 +222,9 @@ def record_run(db: lancedb.DBConnection, rows: list[dict]) -> None:
     append(db, RUNS_TABLE, RUNS_SCHEMA, pa.Table.from_pylist(rows, schema=RUNS_SCHEMA))
 
 
-def record_rejects(db: lancedb.DBConnection, staging: Staging, tables: list[str]) -> None:
-    """Append every reject the run staged, for all its tables, in one version of `_rejects`."""
-    readers = [staging.read("rejects", t, REJECTS_SCHEMA) for t in tables]
-    append(db, REJECTS_TABLE, REJECTS_SCHEMA,
-           pa.RecordBatchReader.from_batches(REJECTS_SCHEMA, itertools.chain.from_iterable(readers)))
+def record_rejects(db: lancedb.DBConnection, staging: Staging, tables: list[str], run_id: str) -> None:
+    """Append every reject staged for `tables`, with the run id, in one version of `_rejects`."""
+    staged = itertools.chain.from_iterable(staging.read("rejects", t, STAGED_REJECTS_SCHEMA) for t in tables)
+    batches = (pa.RecordBatch.from_arrays([pa.repeat(pa.scalar(run_id), b.num_rows), *b.columns],
+                                          schema=REJECTS_SCHEMA) for b in staged)
+    append(db, REJECTS_TABLE, REJECTS_SCHEMA, pa.RecordBatchReader.from_batches(REJECTS_SCHEMA, batches))

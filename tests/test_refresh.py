@@ -1,0 +1,195 @@
+"""Incremental refresh and safe re-runs, on a real Prefect server and LanceDB folder, with the fake embedder."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import lancedb
+import pyarrow as pa
+import pytest
+from conftest import FakeEmbedder, write_config, write_parquet
+
+from flows.backfill import backfill, refresh
+from tasks.embedders import registry
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+TABLE = "items__body__fake"
+
+
+def rows(ids, text=lambda i: f"item {i} text") -> list[dict]:
+    return [{"item_id": i, "body": text(i), "label": f"l{i % 3}"} for i in ids]
+
+
+def make_project(folder: Path, data: list[dict], deletes: str = "delete") -> Path:
+    write_parquet(folder / "raw" / "items.parquet", data)
+    return write_config(folder, [{
+        "name": "items", "path": "raw/items.parquet", "id": "item_id", "shard_rows": 8, "keep": ["label"],
+        "deletes": deletes, "fields": [{"column": "body", "modality": "text", "embedders": ["fake"]}],
+    }])
+
+
+def content(folder: Path) -> dict:
+    """id -> (content_hash, vector, label) of the latest version."""
+    table = lancedb.connect(folder / "lancedb").open_table(TABLE).to_arrow()
+    return {r["id"]: (r["content_hash"], tuple(r["vector"]), r["label"]) for r in table.to_pylist()}
+
+
+def versions(folder: Path) -> list[int]:
+    return [v["version"] for v in lancedb.connect(folder / "lancedb").open_table(TABLE).list_versions()]
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeEmbedder:
+    """The fake embedder instance every shard of these tests uses (loaded once per process, as in production)."""
+    return registry.load_embedder("text", "fake", 64)
+
+
+@pytest.fixture
+def embed_calls(fake: FakeEmbedder, monkeypatch) -> list[int]:
+    """Rows per call of the embed stage (to prove what was and was not embedded)."""
+    calls: list[int] = []
+    real = fake.embed
+
+    def counting(prepared):
+        calls.append(prepared.rows)
+        return real(prepared)
+
+    monkeypatch.setattr(fake, "embed", counting)
+    return calls
+
+
+def test_refresh_with_no_change_embeds_nothing_and_publishes_nothing(tmp_path: Path, embed_calls) -> None:
+    config = make_project(tmp_path, rows(range(40)))
+    backfill(config=str(config))
+    embed_calls.clear()
+    before = content(tmp_path)
+    summary = refresh(config=str(config))
+    assert sum(embed_calls) == 0
+    assert versions(tmp_path) == [1]
+    (row,) = summary
+    assert (row["published"], row["version"], row["rows_unchanged"], row["rows_embedded"]) == (False, 1, 40, 0)
+    assert content(tmp_path) == before
+    # and a repeated backfill is just as idle
+    again = backfill(config=str(config))
+    assert again[0]["rows_embedded"] == 0 and versions(tmp_path) == [1] and sum(embed_calls) == 0
+
+
+def test_refresh_embeds_only_changes_and_equals_a_fresh_backfill(tmp_path: Path, embed_calls) -> None:
+    config = make_project(tmp_path, rows(range(40)))
+    backfill(config=str(config))
+    table = lancedb.connect(tmp_path / "lancedb").open_table(TABLE)
+    row_ids_before = {r["id"]: r["_rowid"] for r in table.search().with_row_id(True).select(["id"]).limit(None)
+                      .to_list()}
+    changed = rows(range(40), text=lambda i: "edited text" if i == 7 else f"item {i} text")
+    changed = [r for r in changed if r["item_id"] != 12] + rows([100])  # 12 leaves, 100 arrives
+    write_parquet(tmp_path / "raw" / "items.parquet", changed)
+    embed_calls.clear()
+    summary = refresh(config=str(config))
+    assert sum(embed_calls) == 2  # 7 (changed) and 100 (new)
+    (row,) = summary
+    assert (row["rows_read"], row["rows_embedded"], row["rows_unchanged"], row["rows_deleted"]) == (40, 2, 38, 1)
+    assert row["published"] and versions(tmp_path) == [1, 2]
+    # unchanged rows are not rewritten: they keep their physical row ids
+    table = lancedb.connect(tmp_path / "lancedb").open_table(TABLE)
+    after = {r["id"]: r["_rowid"] for r in table.search().with_row_id(True).select(["id"]).limit(None).to_list()}
+    unchanged = set(range(40)) - {7, 12}
+    assert {i: after[i] for i in unchanged} == {i: row_ids_before[i] for i in unchanged}
+    # the result equals an uninterrupted backfill of the new data
+    fresh = tmp_path / "fresh"
+    backfill(config=str(make_project(fresh, changed)))
+    assert content(tmp_path) == content(fresh)
+    assert "run-" + row["run_id"] in table.tags.list()
+
+
+def test_refresh_can_keep_rows_whose_ids_left(tmp_path: Path) -> None:
+    config = make_project(tmp_path, rows(range(20)), deletes="keep")
+    backfill(config=str(config))
+    write_parquet(tmp_path / "raw" / "items.parquet", rows(range(5, 20)))
+    summary = refresh(config=str(config))
+    assert summary[0]["rows_deleted"] == 0 and not summary[0]["published"]
+    assert sorted(content(tmp_path)) == list(range(20))
+    backfill(config=str(config))  # a backfill always makes the table match the input
+    assert sorted(content(tmp_path)) == list(range(5, 20))
+
+
+def test_row_that_became_invalid_is_rejected_and_its_old_vector_removed(tmp_path: Path) -> None:
+    config = make_project(tmp_path, rows(range(10)))
+    backfill(config=str(config))
+    blank_3 = rows(range(10), text=lambda i: "   " if i == 3 else f"item {i} text")
+    write_parquet(tmp_path / "raw" / "items.parquet", blank_3)
+    (row,) = refresh(config=str(config))
+    assert (row["rows_rejected"], row["rows_deleted"], row["rows_unchanged"]) == (1, 1, 9)
+    assert 3 not in content(tmp_path)
+
+
+def test_model_change_rebuilds_the_whole_table_in_one_new_version(tmp_path: Path, monkeypatch) -> None:
+    config = make_project(tmp_path, rows(range(30)))
+    backfill(config=str(config))
+    old = content(tmp_path)
+
+    class Retrained(FakeEmbedder):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.info = self.info.__class__(**{**vars(self.info), "revision": "2"})
+
+    monkeypatch.setitem(registry.FACTORIES, ("text", "fake"), lambda batch_size: Retrained("fake"))
+    monkeypatch.setattr(registry, "_loaded", {})
+    (row,) = refresh(config=str(config))
+    assert (row["rows_embedded"], row["rows_unchanged"], row["version"]) == (30, 0, 2)
+    table = lancedb.connect(tmp_path / "lancedb").open_table(TABLE)
+    assert table.schema.metadata[b"multiembed.revision"] == b"2"
+    new = content(tmp_path)
+    assert all(new[i][0] != old[i][0] for i in old)  # every content hash is of the new model
+    table.checkout(1)
+    assert table.schema.metadata[b"multiembed.revision"] == b"1"  # the old version still says which model
+
+
+def test_failed_backfill_resumes_without_reembedding_finished_shards(tmp_path: Path, fake, monkeypatch) -> None:
+    config = make_project(tmp_path, rows(range(48)))  # 6 shards of 8 rows
+    calls: list[int] = []
+    real = fake.embed
+
+    def dies_on_fourth(prepared):
+        if len(calls) == 3:
+            raise RuntimeError("worker died")
+        calls.append(prepared.rows)
+        return real(prepared)
+
+    monkeypatch.setattr(fake, "embed", dies_on_fourth)
+    with pytest.raises(RuntimeError, match="worker died"):
+        backfill(config=str(config))
+    assert not (tmp_path / "lancedb" / f"{TABLE}.lance").exists()  # nothing published
+    finished = len(calls)
+    assert finished == 3
+
+    def counting(prepared):
+        calls.append(prepared.rows)
+        return real(prepared)
+
+    monkeypatch.setattr(fake, "embed", counting)
+    (row,) = backfill(config=str(config))
+    assert len(calls) == 6 and sum(calls) == 48  # the 3 shards finished before the failure were not redone
+    assert (row["rows_read"], row["rows_embedded"], row["version"]) == (48, 48, 1)
+    fresh = tmp_path / "fresh"
+    backfill(config=str(make_project(fresh, rows(range(48)))))
+    assert content(tmp_path) == content(fresh)
+    assert not any((tmp_path / "lancedb" / "_staging").iterdir())
+
+
+def test_concurrent_refreshes_are_serialised_and_the_second_sees_the_first(tmp_path: Path) -> None:
+    config = make_project(tmp_path, rows(range(40)))
+    backfill(config=str(config))
+    write_parquet(tmp_path / "raw" / "items.parquet", rows(range(40), text=lambda i: f"new text {i}"))
+    results: list[list[dict]] = []
+    threads = [threading.Thread(target=lambda: results.append(refresh(config=str(config)))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    embedded = sorted(r[0]["rows_embedded"] for r in results)
+    assert embedded == [0, 40]  # the second run found everything up to date
+    assert versions(tmp_path) == [1, 2]
+    table = lancedb.connect(tmp_path / "lancedb").open_table(TABLE).to_arrow()
+    assert table.num_rows == 40 and len(set(table["id"].to_pylist())) == 40
+    assert pa.compute.all(pa.compute.starts_with(table["label"], "l")).as_py()
