@@ -8,8 +8,10 @@ config it would later choke on.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,6 +39,35 @@ class FieldConfig(_Strict):
     )
 
 
+class ScheduleConfig(_Strict):
+    """When the served deployments run a source (cron expressions, in `timezone`)."""
+
+    refresh: str | None = Field(default=None, description="cron for the incremental refresh, e.g. '0 2 * * *'")
+    backfill: str | None = Field(default=None, description="cron for a scheduled backfill, e.g. '0 3 * * 0'")
+    timezone: str = "UTC"
+
+    @field_validator("refresh", "backfill")
+    @classmethod
+    def _cron(cls, cron: str | None) -> str | None:
+        if cron is not None:
+            from cronsim import CronSim, CronSimError  # what Prefect's CronSchedule parses with
+
+            try:
+                CronSim(cron, datetime.now(UTC))
+            except CronSimError as e:
+                raise ValueError(f"{cron!r} is not a cron expression ({e}); e.g. '0 2 * * *' is 02:00 daily") from None
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not a time zone name such as 'UTC' or 'Europe/Berlin'") from None
+        return name
+
+
 class SourceConfig(_Strict):
     """A set of Parquet files with a stable row id, and the fields to embed from them."""
 
@@ -49,6 +80,7 @@ class SourceConfig(_Strict):
     deletes: Literal["delete", "keep"] = Field(
         default="delete", description="refresh: remove rows whose ids left the source, or keep them"
     )
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @field_validator("name")
     @classmethod
