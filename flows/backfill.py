@@ -55,12 +55,13 @@ def wait_shard(futures: list[PrefectFuture]) -> list[ShardFigures]:
 def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
     """Run every shard of a source, logging progress (rows and rows/s) as shards finish."""
     logger = get_run_logger()
-    started, done, results = time.monotonic(), 0, []
+    started, done, results, resumed = time.monotonic(), 0, [], 0
     pending: deque[list[PrefectFuture]] = deque()
     for i, shard in enumerate(plan.shards):
         staged = staged_figures(plan, shard, staging)
         if staged is not None:  # an interrupted run of the same work finished this shard
             results += staged
+            resumed += 1
         else:
             pending.append(submit_shard(plan, shard, staging))
         while pending and (len(pending) > IN_FLIGHT or i == len(plan.shards) - 1):
@@ -69,6 +70,9 @@ def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
             done += figures[0].rows_read
             rate = done / max(time.monotonic() - started, 1e-9)
             logger.info("%s: %d/%d rows (%.0f rows/s)", plan.source.name, done, plan.rows, rate)
+    if resumed:
+        logger.info("%s: resumed %d of %d shards from an interrupted run's staged results", plan.source.name,
+                    resumed, len(plan.shards))
     return results
 
 

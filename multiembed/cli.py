@@ -65,6 +65,12 @@ def _compact(args: argparse.Namespace) -> None:
     print_compact(load_config(args.config).database, args.retention, args.table)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from deployments.serve import serve_config
+
+    serve_config(args.config)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from multiembed.demo import run_demo
 
@@ -113,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
                         "tagged versions and the latest are always kept; readers still on a removed version fail")
     c.add_argument("--table", help="only this table (default: every table)")
     c.set_defaults(run=_compact)
+
+    sv = sub.add_parser("serve", help="serve a refresh and a backfill deployment per source, run on the config's "
+                                       "schedules until stopped (Ctrl-C)")
+    sv.add_argument("config", help="path of the pipeline config (YAML)")
+    sv.set_defaults(run=_serve)
 
     d = sub.add_parser("demo", help="build the bundled demo data, embed it offline and show how to query it")
     d.add_argument("--dir", default="multiembed-demo", help="where to write the demo (default: %(default)s)")
