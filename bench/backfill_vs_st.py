@@ -1,7 +1,8 @@
-"""Benchmark: the backfill flow against bare sentence-transformers `encode`, and its peak memory by input size.
+"""Benchmarks of the backfill and refresh flows, each against a baseline run side by side.
 
-    python bench/backfill_vs_st.py throughput --rows 2000 --repeats 2
-    python bench/backfill_vs_st.py memory --rows 1000 --scale 10
+    python bench/backfill_vs_st.py throughput --rows 2000 --repeats 2   # vs bare sentence-transformers
+    python bench/backfill_vs_st.py memory --rows 1000 --scale 10        # peak RSS at 1x and 10x rows
+    python bench/backfill_vs_st.py refresh --rows 4000 --changed 0.01   # 1% changed vs a full backfill
 
 Throughput runs both side by side in one process (same model, texts, batch size and torch threads,
 order alternated) and reports the ratio. Memory runs each size in a fresh subprocess and reports peak
@@ -38,10 +39,12 @@ def texts(rows: int) -> list[str]:
     return [f"{base[i % len(base)]} (variant {i // len(base)})" for i in range(rows)]
 
 
-def write_source(folder: Path, rows: int) -> Path:
-    """A Parquet source of `rows` texts and its config; returns the config path."""
+def write_source(folder: Path, rows: int, changed: int = 0) -> Path:
+    """A Parquet source of `rows` texts (the first `changed` of them edited) and its config; returns the config."""
     folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"id": pa.array(range(rows), pa.int64()), "body": texts(rows)})
+    body = texts(rows)
+    body[:changed] = [f"{t} (edited)" for t in body[:changed]]
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "body": body})
     pq.write_table(table, folder / "data.parquet", row_group_size=512)
     (folder / "config.yaml").write_text(
         f"database: ./lancedb\nbatch_size: {BATCH}\nsources:\n  - name: bench\n    path: data.parquet\n"
@@ -114,6 +117,31 @@ def memory(rows: int, scale: int) -> None:
     print(f"ratio peak at {scale}x / 1x: {peaks[rows * scale] / peaks[rows]:.2f}")
 
 
+def refresh_cost(rows: int, share: float) -> None:
+    """Time a full backfill, then a refresh after `share` of the rows changed, on the same data."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.backfill import backfill, refresh
+
+    changed = max(1, int(rows * share))
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
+        warm = write_source(Path(tmp) / "warm", BATCH)
+        backfill(config=str(warm))  # warm-up: model load, first flow run
+        config = write_source(Path(tmp) / "data", rows)
+        start = time.perf_counter()
+        backfill(config=str(config))
+        full = time.perf_counter() - start
+        write_source(Path(tmp) / "data", rows, changed)
+        start = time.perf_counter()
+        (summary,) = refresh(config=str(config))
+        incremental = time.perf_counter() - start
+    assert summary["rows_embedded"] == changed, summary
+    print(f"machine: {machine()}")
+    print(f"rows: {rows}, changed: {changed} ({share:.1%})")
+    print(f"full backfill: {full:.1f} s; refresh: {incremental:.2f} s")
+    print(f"ratio refresh / backfill: {incremental / full:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
@@ -123,6 +151,9 @@ def main() -> None:
     m = sub.add_parser("memory")
     m.add_argument("--rows", type=int, default=1000)
     m.add_argument("--scale", type=int, default=10)
+    r = sub.add_parser("refresh")
+    r.add_argument("--rows", type=int, default=4000)
+    r.add_argument("--changed", type=float, default=0.01)
     c = sub.add_parser("child")
     c.add_argument("config")
     args = p.parse_args()
@@ -130,6 +161,8 @@ def main() -> None:
         throughput(args.rows, args.repeats)
     elif args.mode == "memory":
         memory(args.rows, args.scale)
+    elif args.mode == "refresh":
+        refresh_cost(args.rows, args.changed)
     else:
         one_backfill(args.config)
 
