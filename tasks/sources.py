@@ -110,8 +110,8 @@ def inspect_source(source: SourceConfig, modalities: dict[str, Modality]) -> Sou
                     f"{file}: column {f.column!r} is {found}; modality {f.modality!r} "
                     f"expects {modalities[f.modality].expected}"
                 )
-        types = {source.id: id_type, **{f.column: modalities[f.modality].storage for f in source.fields},
-                 **{c: schema.field(c).type for c in source.keep}}
+        fields = {f.column: modalities[f.modality].storage(schema.field(f.column).type) for f in source.fields}
+        types = {source.id: id_type, **fields, **{c: schema.field(c).type for c in source.keep}}
         for column, t in types.items():
             if wanted.setdefault(column, t) != t:
                 raise InputError(

@@ -31,7 +31,7 @@ class Modality:
     name: str
     expected: str  # what a column must hold, in words, for error messages
     accepts: Callable[[pa.DataType], bool]
-    storage: pa.DataType  # the type accepted columns are cast to when read
+    storage: Callable[[pa.DataType], pa.DataType]  # the type an accepted column is cast to when read
     # Per row: null if the value can be embedded, else why not (these rows go to `_rejects`).
     reasons: Callable[[pa.Array], pa.Array]
     default_embedder: str

@@ -39,7 +39,7 @@ TEXT = Modality(
     name="text",
     expected="a string column",
     accepts=is_text_type,
-    storage=pa.large_string(),
+    storage=lambda _: pa.large_string(),
     reasons=text_reasons,
     default_embedder="minilm",
 )
