@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import stages as t
 from schemas.config import load_config
 from tasks.lock import source_lock
+from tasks.sources import Shard
 from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for
 from tasks.write import Staging
 
@@ -35,7 +36,7 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def submit_shard(plan: SourcePlan, shard, staging: Staging) -> list[PrefectFuture]:
+def submit_shard(plan: SourcePlan, shard: Shard, staging: Staging) -> list[PrefectFuture]:
     """Chain one shard's stages (each embedding table gets its own prepare/embed/write); futures in order."""
     rows = t.read.submit(plan, shard)
     checked = t.validate.submit(plan, shard, rows)
