@@ -108,8 +108,10 @@ def test_revision_of_a_folder_changes_with_its_weights(tiny_bert: Path, tmp_path
 def test_unknown_names_and_unreachable_models_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"unknown text embedder 'nope'; choose from .*'minilm'.*hf:"):
         registry.check_embedder("text", "nope")
-    with pytest.raises(ModelLoadError, match="modality 'image' is not supported yet"):
-        registry.check_embedder("image", "minilm")
+    with pytest.raises(ModelLoadError, match="modality 'table' is not supported yet"):
+        registry.check_embedder("table", "minilm")
+    with pytest.raises(ModelLoadError, match="unknown audio embedder 'minilm'; choose from .*'logmel'"):
+        registry.check_embedder("audio", "minilm")
     with pytest.raises(ModelLoadError, match="not a Hugging Face model folder"):
         registry.load_embedder("text", f"hf:{tmp_path}", 8)
     with pytest.raises(ModelLoadError, match="cannot be reached"):  # HF_HUB_OFFLINE=1 and not in the cache
