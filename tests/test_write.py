@@ -15,7 +15,19 @@ import pytest
 from schemas.tables import REJECTS_SCHEMA, REJECTS_TABLE, RUNS_SCHEMA, RUNS_TABLE, embedding_schema
 from tasks import write
 from tasks.validate import REJECT_COLUMNS
-from tasks.write import Staging, content_hashes, record_rejects, record_run, shard_key, vectors_table, with_run_columns
+from tasks.write import (
+    STAGED_REJECTS_SCHEMA,
+    Staging,
+    content_hashes,
+    ids_to_delete,
+    merge,
+    record_rejects,
+    record_run,
+    shard_key,
+    sql_in,
+    staged_rejects,
+    vectors_table,
+)
 
 DIM = 3
 META = {"embedder": "minilm", "model_id": "some/model", "dim": "3"}
@@ -213,15 +225,15 @@ def test_vectors_table_negative_inf_rejected() -> None:
     assert rejects["stage"].to_pylist() == ["embed"]
 
 
-def test_with_run_columns() -> None:
+def test_staged_rejects() -> None:
     rejects = pa.Table.from_pylist(
         [{"file": "/f", "row": 3, "id": "x", "column": "body", "stage": "validate", "reason": "null text"}],
         schema=REJECT_COLUMNS,
     )
-    out = with_run_columns(rejects, "run-9", "docs", "docs__body__minilm")
-    assert out.schema == REJECTS_SCHEMA
+    out = staged_rejects(rejects, "docs", "docs__body__minilm")
+    assert out.schema == STAGED_REJECTS_SCHEMA
     assert out.to_pylist() == [{
-        "run_id": "run-9", "source": "docs", "table": "docs__body__minilm", "file": "/f", "row": 3, "id": "x",
+        "source": "docs", "table": "docs__body__minilm", "file": "/f", "row": 3, "id": "x",
         "column": "body", "stage": "validate", "reason": "null text",
     }]
 
@@ -240,8 +252,7 @@ def test_publish_first_then_replace(database: str) -> None:
     db = lancedb.connect(database)
     name = "docs__body__minilm"
 
-    version, deleted = write.publish(db, name, schema(), stage(database, "run-1", name, rows([1, 2]), rows([3])),
-                                     tag="run-1")
+    version, deleted = write.replace(db, name, schema(), stage(database, "run-1", name, rows([1, 2]), rows([3])))
     assert (version, deleted) == (1, 0)
     table = db.open_table(name)
     assert table.version == 1
@@ -249,7 +260,7 @@ def test_publish_first_then_replace(database: str) -> None:
     first_versions = len(table.list_versions())
 
     second = pa.concat_tables([rows([2]), rows([3], fingerprint="new"), rows([4, 5])])
-    version, deleted = write.publish(db, name, schema(), stage(database, "run-2", name, second), tag="run-2")
+    version, deleted = write.replace(db, name, schema(), stage(database, "run-2", name, second))
     assert version == 2
     assert deleted == 1  # id 1 is gone
     table = db.open_table(name)
@@ -265,35 +276,28 @@ def test_publish_first_then_replace(database: str) -> None:
     for key, value in META.items():
         assert metadata[f"multiembed.{key}".encode()] == value.encode()
 
-    # each version is tagged with its run
-    tags = table.tags.list()
-    assert tags["run-1"]["version"] == 1
-    assert tags["run-2"]["version"] == 2
-
     # the previous version stays readable
     table.checkout(1)
     assert sorted(table.to_arrow()["id"].to_pylist()) == [1, 2, 3]
     table.checkout_latest()
     assert sorted(table.to_arrow()["id"].to_pylist()) == [2, 3, 4, 5]
-    table.checkout("run-1")
-    assert sorted(table.to_arrow()["id"].to_pylist()) == [1, 2, 3]
 
 
 def test_publish_counts_every_vanished_id(database: str) -> None:
     db = lancedb.connect(database)
     name = "t"
-    write.publish(db, name, schema(), stage(database, "r1", name, rows([1, 2, 3, 4, 5])), tag="r1")
-    version, deleted = write.publish(db, name, schema(), stage(database, "r2", name, rows([5, 6])), tag="r2")
+    write.replace(db, name, schema(), stage(database, "r1", name, rows([1, 2, 3, 4, 5])))
+    version, deleted = write.replace(db, name, schema(), stage(database, "r2", name, rows([5, 6])))
     assert (version, deleted) == (2, 4)
-    version, deleted = write.publish(db, name, schema(), stage(database, "r3", name, rows([5, 6, 7])), tag="r3")
+    version, deleted = write.replace(db, name, schema(), stage(database, "r3", name, rows([5, 6, 7])))
     assert (version, deleted) == (3, 0)
 
 
 def test_publish_with_nothing_staged_empties_the_table(database: str) -> None:
     db = lancedb.connect(database)
     name = "t"
-    write.publish(db, name, schema(), stage(database, "r1", name, rows([1, 2])), tag="r1")
-    version, deleted = write.publish(db, name, schema(), Staging(database, "r2"), tag="r2")
+    write.replace(db, name, schema(), stage(database, "r1", name, rows([1, 2])))
+    version, deleted = write.replace(db, name, schema(), Staging(database, "r2"))
     assert (version, deleted) == (2, 2)
     table = db.open_table(name)
     assert table.count_rows() == 0
@@ -315,7 +319,7 @@ def run_row(run_id: str, table: str, version: int) -> dict:
     return {
         "run_id": run_id, "flow_run_id": None, "source": "docs", "table": table, "version": version,
         "rows_read": 10, "rows_embedded": 6, "rows_unchanged": 2, "rows_rejected": 2, "rows_deleted": 1,
-        "rows_truncated": 0, "started_at": start, "finished_at": end, "seconds": 10.0,
+        "rows_truncated": 0, "published": True, "started_at": start, "finished_at": end, "seconds": 10.0,
     }
 
 
@@ -345,8 +349,8 @@ def test_record_rejects_appends_staged_rejects(database: str) -> None:
     for name, records in {"t1": [reject("/a", 1, "null text"), reject("/a", 2, "empty text")],
                           "t2": [reject("/b", 7, "null id")]}.items():
         part = pa.Table.from_pylist(records, schema=REJECT_COLUMNS)
-        staging.write("rejects", name, "k", with_run_columns(part, "r1", "docs", name))
-    record_rejects(db, staging, ["t1", "t2", "t3_nothing_staged"])
+        staging.write("rejects", name, "k", staged_rejects(part, "docs", name))
+    record_rejects(db, staging, ["t1", "t2", "t3_nothing_staged"], "r1")
 
     table = db.open_table(REJECTS_TABLE)
     assert table.schema.names == REJECTS_SCHEMA.names
@@ -361,8 +365,8 @@ def test_record_rejects_appends_staged_rejects(database: str) -> None:
 
     staging2 = Staging(database, "r2")
     part = pa.Table.from_pylist([reject("/a", 9, "null text")], schema=REJECT_COLUMNS)
-    staging2.write("rejects", "t1", "k", with_run_columns(part, "r2", "docs", "t1"))
-    record_rejects(db, staging2, ["t1"])
+    staging2.write("rejects", "t1", "k", staged_rejects(part, "docs", "t1"))
+    record_rejects(db, staging2, ["t1"], "r2")
     table = db.open_table(REJECTS_TABLE)
     assert table.count_rows() == 4
     assert sorted(table.to_arrow()["run_id"].to_pylist()) == ["r1", "r1", "r1", "r2"]
@@ -370,7 +374,37 @@ def test_record_rejects_appends_staged_rejects(database: str) -> None:
 
 def test_record_rejects_with_nothing_staged_creates_empty_table(database: str) -> None:
     db = lancedb.connect(database)
-    record_rejects(db, Staging(database, "r1"), ["t1"])
+    record_rejects(db, Staging(database, "r1"), ["t1"], "r1")
     table = db.open_table(REJECTS_TABLE)
     assert table.count_rows() == 0
     assert table.schema.names == REJECTS_SCHEMA.names
+
+
+def test_done_markers_carry_a_shards_figures(database: str) -> None:
+    staging = Staging(database, "work-1")
+    assert staging.done("t", "shard-a") is None
+    staging.mark_done("t", "shard-a", {"rows_read": 8, "rows_embedded": 7})
+    assert staging.done("t", "shard-a") == {"rows_read": 8, "rows_embedded": 7}
+    assert Staging(database, "work-2").done("t", "shard-a") is None  # other work, other markers
+    staging.remove()
+    assert staging.done("t", "shard-a") is None
+
+
+def test_merge_upserts_and_deletes_in_one_version(database: str) -> None:
+    db = lancedb.connect(database)
+    name = "t"
+    write.replace(db, name, schema(), stage(database, "r1", name, rows([1, 2, 3, 4])))
+    staging = stage(database, "r2", name, pa.concat_tables([rows([2], fingerprint="new"), rows([9])]))
+    stale = pa.array([2, 3, 4], pa.int64())  # 2 changed (and re-embedded), 3 and 4 left the input
+    delete = ids_to_delete(stale, staging, name, schema())
+    assert sorted(delete.to_pylist()) == [3, 4]
+    version = merge(db, name, schema(), staging, delete)
+    assert version == 2
+    table = db.open_table(name).to_arrow().sort_by("id")
+    assert table["id"].to_pylist() == [1, 2, 9]
+    assert table["content_hash"].to_pylist()[1] == sha("new", "text 2")
+
+
+def test_sql_in_quotes_strings() -> None:
+    assert sql_in("id", pa.array([1, 22])) == "id IN (1, 22)"
+    assert sql_in("id", pa.array(["a", "it's"])) == "id IN ('a', 'it''s')"
