@@ -11,18 +11,18 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.embedders import audio, hf
+from tasks.embedders import audio, hf, image
 from tasks.embedders.base import Embedder, Modality, ModelLoadError
 from tasks.embedders.text import TEXT, TextEmbedder
 
-MODALITIES: dict[str, Modality] = {"text": TEXT, "audio": audio.AUDIO}
+MODALITIES: dict[str, Modality] = {"text": TEXT, "image": image.IMAGE, "audio": audio.AUDIO}
 
 # (modality, name) -> factory(batch_size) -> a loaded embedder
 Factory = Callable[[int], Embedder]
 FACTORIES: dict[tuple[str, str], Factory] = {}
 # modality -> factory(name, model reference, batch_size), for `hf:<id-or-path>` names
 HF_FACTORIES: dict[str, Callable[[str, hf.ModelRef, int], Embedder]] = {
-    "text": TextEmbedder, "audio": audio.HF_FACTORY,
+    "text": TextEmbedder, "image": image.HF_FACTORY, "audio": audio.HF_FACTORY,
 }
 
 _loaded: dict[tuple[str, str, int], Embedder] = {}
@@ -42,8 +42,9 @@ def _minilm(batch_size: int) -> Embedder:
 
 
 register_embedder("text", "minilm", _minilm)
-for _name, _factory in audio.FACTORIES.items():
-    register_embedder("audio", _name, _factory)
+for _modality, _module in (("image", image), ("audio", audio)):
+    for _name, _factory in _module.FACTORIES.items():
+        register_embedder(_modality, _name, _factory)
 
 
 def modality(name: str) -> Modality:
