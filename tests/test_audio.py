@@ -22,7 +22,6 @@ from tasks.embedders.audio import (
     AUDIO,
     FACTORIES,
     HF_FACTORY,
-    AudioDecodeError,
     HFAudioEmbedder,
     LogMel,
     Trimmed,
@@ -32,6 +31,7 @@ from tasks.embedders.audio import (
     pool_windows,
 )
 from tasks.embedders.base import ModelLoadError
+from tasks.embedders.media import MediaError
 
 RATE = 16_000
 
@@ -127,7 +127,7 @@ def test_paths_resolve_against_base_dir(tmp_path: Path, logmel: LogMel) -> None:
     absolute = str(tmp_path / "clips" / "a.flac")
     values = pa.array(["clips/a.flac", absolute, "clips/missing.wav"], pa.large_string())
     prepared = logmel.prepare(values, str(tmp_path))
-    assert prepared.failures == {2: f"audio file not found: {tmp_path / 'clips' / 'missing.wav'}"}
+    assert prepared.failures == {2: f"no such file: {tmp_path / 'clips' / 'missing.wav'}"}
     vectors = logmel.embed(prepared)
     np.testing.assert_allclose(vectors[0], vectors[1])
 
@@ -139,7 +139,7 @@ def test_undecodable_values_become_failures_not_exceptions(tmp_path: Path, logme
     (tmp_path / "clip.wav").write_bytes(encode(tone(440, 0.5)))
     failures = logmel.prepare(values, str(tmp_path)).failures
     assert set(failures) == {0, 1, 2}
-    assert failures[0].startswith("cannot decode audio") and "not found" in failures[1] and "remote" in failures[2]
+    assert failures[0].startswith("cannot decode audio") and "no such file" in failures[1] and "remote" in failures[2]
 
     blobs = [b"\x00garbage" * 200, encode(np.zeros((0, 1), np.float32)), nan_wav, encode(tone(440, 0.5))[:60],
              encode(tone(440, 0.5))]
@@ -154,7 +154,7 @@ def test_undecodable_values_become_failures_not_exceptions(tmp_path: Path, logme
 
 
 def test_decode_error_is_a_value_error_with_a_clear_message() -> None:
-    with pytest.raises(AudioDecodeError, match="Format not recognised"):
+    with pytest.raises(MediaError, match="Format not recognised"):
         list(decode_windows(b"not audio" * 50, "", RATE, 30 * RATE))
 
 

@@ -26,7 +26,6 @@ Every vector is L2-normalised.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -37,12 +36,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from tasks.embedders import hf
-from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError
-from tasks.sources import is_text_type
+from tasks.embedders.base import EmbedderInfo, ModelLoadError
+from tasks.embedders.media import MediaError, media_modality, media_storage, open_media
 
 READ_BLOCK_FRAMES = 1 << 17  # source frames decoded at a time (~3 s at 44.1 kHz)
 RESAMPLE_STEP = 1 << 18  # source samples resampled at a time (a multiple of the rate ratio is used)
@@ -57,67 +55,22 @@ Inputs = dict[str, Any]  # one window's model inputs (arrays, or Trimmed ones), 
 # --- modality -------------------------------------------------------------------------------------
 
 
-def is_audio_type(t: pa.DataType) -> bool:
-    """Bytes (binary, large_binary) or path strings (any string layout, dictionary-encoded ones too)."""
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_text_type(t)
-
-
-def audio_storage(t: pa.DataType) -> pa.DataType:
-    """Bytes are read as large_binary, paths as large_string."""
-    return pa.large_binary() if pa.types.is_binary(t) or pa.types.is_large_binary(t) else pa.large_string()
-
-
-def _plain(values: pa.Array) -> pa.Array:
-    """The values without dictionary encoding."""
-    return values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
-
-
-def audio_reasons(values: pa.Array) -> pa.Array:
-    """Why a value cannot be embedded: null, or empty (no bytes, or a blank path); null when it can."""
-    values = _plain(values)
-    if is_text_type(values.type):
-        empty = pc.equal(pc.utf8_trim_whitespace(values), "")
-    else:
-        empty = pc.equal(pc.binary_length(values), 0)
-    reasons = pc.if_else(empty, pa.scalar("empty audio"), pa.scalar(None, pa.string()))
-    return pc.if_else(pc.is_null(values), pa.scalar("null audio"), reasons)
-
-
-AUDIO = Modality(
-    name="audio",
-    expected="encoded audio bytes (binary) or paths (string)",
-    accepts=is_audio_type,
-    storage=audio_storage,
-    reasons=audio_reasons,
-    default_embedder="whisper-tiny",
-)
+AUDIO = media_modality("audio", default_embedder="whisper-tiny")
 
 
 # --- decoding -------------------------------------------------------------------------------------
-
-
-class AudioDecodeError(ValueError):
-    """A value that is not decodable audio; its message is the reject reason."""
 
 
 def open_audio(value: bytes | str, base_dir: str) -> Any:
     """An open `soundfile.SoundFile` over the bytes, or over the path resolved against `base_dir`."""
     import soundfile as sf
 
-    if isinstance(value, str):
-        if "://" in value:
-            raise AudioDecodeError(f"remote audio paths are not supported: {value}")
-        path = Path(value.strip()).expanduser()
-        path = path if path.is_absolute() else Path(base_dir) / path
-        if not path.is_file():
-            raise AudioDecodeError(f"audio file not found: {path}")
-        source: Any = str(path)
-    else:
-        source = io.BytesIO(value)
+    source = open_media(value, base_dir)
+    source = str(source) if isinstance(source, Path) else source
     try:
         return sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioDecodeError(f"cannot decode audio: {_sf_message(e)}") from None
+        raise MediaError(f"cannot decode audio: {_sf_message(e)}") from None
 
 
 def _sf_message(error: Exception) -> str:
@@ -136,7 +89,7 @@ def mono_blocks(audio: Any, frames: int = READ_BLOCK_FRAMES) -> Iterator[np.ndar
                 return
             yield block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioDecodeError(f"cannot decode audio: {_sf_message(e)}") from None
+        raise MediaError(f"cannot decode audio: {_sf_message(e)}") from None
 
 
 def resample_blocks(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
@@ -194,12 +147,12 @@ def cut_windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[np.ndarra
 
 
 def decode_windows(value: bytes | str, base_dir: str, rate: int, window: int) -> Iterator[np.ndarray]:
-    """Mono float32 windows at `rate` Hz of an audio file (bytes or path); AudioDecodeError if it is not one."""
+    """Mono float32 windows at `rate` Hz of an audio file (bytes or path); MediaError if it is not one."""
     with open_audio(value, base_dir) as audio:
         blocks = resample_blocks(mono_blocks(audio), int(audio.samplerate), rate)
         for samples in cut_windows(blocks, window):
             if not np.isfinite(samples).all():
-                raise AudioDecodeError("audio holds non-finite samples (NaN or infinity)")
+                raise MediaError("audio holds non-finite samples (NaN or infinity)")
             yield samples
 
 
@@ -296,7 +249,7 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> tuple[l
             if len(group) == 4:
                 inputs += spec.featurize(group)
                 group = []
-    except AudioDecodeError as e:
+    except MediaError as e:
         return str(e)
     if group:
         inputs += spec.featurize(group)
@@ -309,7 +262,7 @@ def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWi
     libsndfile, the resampler and the feature extractors release the GIL for their heavy parts, so
     the threads overlap; results come back in input order.
     """
-    values = _plain(values)
+    values = values.cast(media_storage(values.type))  # plain bytes or strings, never dictionary-encoded
 
     def one(i: int) -> tuple[list[Inputs], list[int]] | str:
         return _file_windows(values[i].as_py(), base_dir, spec)

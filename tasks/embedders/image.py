@@ -12,7 +12,6 @@ and `HFImageEmbedder` for `hf:<id-or-folder>` vision models (ViT, DeiT, DINOv2, 
 
 from __future__ import annotations
 
-import io
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -24,13 +23,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.embedders import hf
-from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError
-from tasks.sources import is_text_type
+from tasks.embedders.base import EmbedderInfo, ModelLoadError
+from tasks.embedders.media import MediaError, media_modality, open_media
 
 # Formats Pillow may open: the common photo and web formats. Leaving out Pillow's other plugins keeps
 # rarely used (and historically less hardened) decoders away from untrusted bytes.
@@ -52,40 +50,7 @@ EFFICIENTNET_MEAN, EFFICIENTNET_STD = 127.0, 128.0
 CLS_POOLED = frozenset({"vit", "deit", "dinov2", "dinov2_with_registers"})
 
 
-class DecodeError(ValueError):
-    """A value that cannot be turned into an image; its message is the reject reason."""
-
-
-def is_binary_type(t: pa.DataType) -> bool:
-    """Bytes of any Arrow layout, dictionary-encoded ones included."""
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
-
-
-def image_storage(t: pa.DataType) -> pa.DataType:
-    """Bytes are read as large_binary, paths as large_string."""
-    return pa.large_binary() if is_binary_type(t) else pa.large_string()
-
-
-def image_reasons(values: pa.Array) -> pa.Array:
-    """Why a value cannot be an image: null, or no bytes / a blank path; null when it can."""
-    values = values.cast(image_storage(values.type))
-    if pa.types.is_large_string(values.type):
-        values = pc.utf8_trim_whitespace(values)
-    empty = pc.equal(pc.binary_length(values), 0)
-    reasons = pc.if_else(empty, pa.scalar("empty image"), pa.scalar(None, pa.string()))
-    return pc.if_else(pc.is_null(values), pa.scalar("null image"), reasons)
-
-
-IMAGE = Modality(
-    name="image",
-    expected="encoded image bytes (binary) or paths (string)",
-    accepts=lambda t: is_binary_type(t) or is_text_type(t),
-    storage=image_storage,
-    reasons=image_reasons,
-    default_embedder="efficientnet-lite0",
-)
+IMAGE = media_modality("image", default_embedder="efficientnet-lite0")
 
 
 @dataclass
@@ -97,16 +62,6 @@ class ImageBatches:
     rows: int
     failures: dict[int, str] = field(default_factory=dict)
     truncated: int = 0  # images are resized to the model's input, never truncated
-
-
-def open_source(value: bytes | str, base_dir: str) -> io.BytesIO | Path:
-    """Encoded bytes as a file object, or a path resolved against `base_dir` (absolute paths as they are)."""
-    if isinstance(value, bytes):
-        return io.BytesIO(value)
-    path = Path(base_dir, value)  # an absolute `value` replaces base_dir
-    if not path.is_file():
-        raise DecodeError(f"no such file: {path}")
-    return path
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -127,26 +82,26 @@ def decode(value: bytes | str, base_dir: str, preprocess: Callable[[Image.Image]
     DRAFT_MARGIN x `min_side` (the largest side the model's preprocessing resizes to).
     """
     try:
-        with Image.open(open_source(value, base_dir), formats=FORMATS) as image:
+        with Image.open(open_media(value, base_dir), formats=FORMATS) as image:
             pixels = image.width * image.height
             if pixels > max_pixels:
-                raise DecodeError(f"image has {pixels} pixels, over the limit of {max_pixels}")
+                raise MediaError(f"image has {pixels} pixels, over the limit of {max_pixels}")
             image.draft(None, (DRAFT_MARGIN * min_side,) * 2)  # JPEG only; a no-op for other formats
             ImageOps.exif_transpose(image, in_place=True)  # loads the first frame of an animation
             return preprocess(to_rgb(image))
-    except DecodeError:
+    except MediaError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError(f"cannot identify an image (supported formats: {', '.join(FORMATS)})") from None
+        raise MediaError(f"cannot identify an image (supported formats: {', '.join(FORMATS)})") from None
     except Exception as e:  # Pillow's decoders raise many types on malformed input
-        raise DecodeError(f"cannot decode image: {type(e).__name__}: {e}") from None
+        raise MediaError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
 
 def decode_or_reason(value: bytes | str, **kwargs: Any) -> Any:
-    """`decode`, with a failure returned as a DecodeError instead of raised (for the thread pool)."""
+    """`decode`, with a failure returned as a MediaError instead of raised (for the thread pool)."""
     try:
         return decode(value, **kwargs)
-    except DecodeError as e:
+    except MediaError as e:
         return e
 
 
@@ -157,7 +112,7 @@ def decode_all(values: pa.Array, base_dir: str, preprocess: Callable[[Image.Imag
                    min_side=min_side)
     with ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode") as pool:
         outcomes = list(pool.map(work, values.to_pylist()))
-    failures = {i: str(o) for i, o in enumerate(outcomes) if isinstance(o, DecodeError)}
+    failures = {i: str(o) for i, o in enumerate(outcomes) if isinstance(o, MediaError)}
     positions = np.array([i for i in range(len(outcomes)) if i not in failures], dtype=np.int64)
     return [outcomes[i] for i in positions], positions, failures
 

@@ -1,0 +1,66 @@
+"""What image and audio have in common: values are encoded files, given as bytes or as paths.
+
+A path is resolved against the folder of the Parquet file it came from (absolute paths as they are).
+Checks, storage types and path resolution live here once, for every media modality.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.embedders.base import Modality
+from tasks.sources import is_text_type
+
+
+class MediaError(ValueError):
+    """A value that cannot be read or decoded; its message is the reject reason."""
+
+
+def is_binary_type(t: pa.DataType) -> bool:
+    """Bytes of any Arrow layout, dictionary-encoded ones included."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
+def media_storage(t: pa.DataType) -> pa.DataType:
+    """Bytes are read as large_binary, paths as large_string."""
+    return pa.large_binary() if is_binary_type(t) else pa.large_string()
+
+
+def media_reasons(noun: str, values: pa.Array) -> pa.Array:
+    """Why a value cannot be embedded: null, or no bytes / a blank path; null when it can."""
+    values = values.cast(media_storage(values.type))
+    if pa.types.is_large_string(values.type):
+        values = pc.utf8_trim_whitespace(values)
+    empty = pc.equal(pc.binary_length(values), 0)
+    reasons = pc.if_else(empty, pa.scalar(f"empty {noun}"), pa.scalar(None, pa.string()))
+    return pc.if_else(pc.is_null(values), pa.scalar(f"null {noun}"), reasons)
+
+
+def media_modality(name: str, default_embedder: str) -> Modality:
+    """A modality of encoded files (`name`: image, audio), embedded by `default_embedder` unless configured."""
+    return Modality(
+        name=name,
+        expected=f"encoded {name} bytes (binary) or paths (string)",
+        accepts=lambda t: is_binary_type(t) or is_text_type(t),
+        storage=media_storage,
+        reasons=lambda values: media_reasons(name, values),
+        default_embedder=default_embedder,
+    )
+
+
+def open_media(value: bytes | str, base_dir: str) -> io.BytesIO | Path:
+    """Bytes as a file object, or the path resolved against `base_dir`; MediaError if there is no such file."""
+    if isinstance(value, bytes):
+        return io.BytesIO(value)
+    if "://" in value:
+        raise MediaError(f"remote paths are not supported yet: {value}")
+    path = Path(base_dir, Path(value.strip()).expanduser())  # an absolute value replaces base_dir
+    if not path.is_file():
+        raise MediaError(f"no such file: {path}")
+    return path
