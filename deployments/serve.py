@@ -67,14 +67,12 @@ def describe_schedule(deployment: RunnerDeployment) -> str:
 
 
 def where_to_watch() -> str:
-    """The Prefect UI to watch and trigger runs in, or why there is none."""
+    """The Prefect UI to watch and trigger runs in (Prefect derives it from PREFECT_API_URL), or why there is none."""
     if not PREFECT_API_URL.value():
         return ("PREFECT_API_URL is not set: runs are recorded in a temporary local Prefect server that stops "
                 "with this process. To watch them, start `prefect server start` and set "
                 "PREFECT_API_URL=http://127.0.0.1:4200/api")
-    ui = PREFECT_UI_URL.value()
-    return f"Watch and trigger runs in the Prefect UI: {ui}/deployments" if ui else (
-        f"Runs are recorded by the Prefect API at {PREFECT_API_URL.value()}")
+    return f"Watch and trigger runs in the Prefect UI: {PREFECT_UI_URL.value()}/deployments"
 
 
 def serve_config(config: str | Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -178,15 +177,15 @@ def test_transient_read_error_is_retried_and_bad_data_is_not(project: Path, monk
 
 def test_source_option_runs_one_source_and_summary_is_a_prefect_artifact(project: Path) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     summary = backfill(config=str(project / "config.yaml"), source="reviews")
     assert {r["source"] for r in summary} == {"reviews"}
-    async def latest_summary():
-        async with get_client() as client:  # the client's filter call sends nulls this server rejects
-            response = await client._client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [
-                "backfill-summary"]}}, "sort": "CREATED_DESC", "limit": 1})
-            return response.json()
-
-    artifacts = asyncio.run(latest_summary())
-    assert summary[0]["run_id"] in artifacts[0]["description"]
-    assert {row["table"] for row in json.loads(artifacts[0]["data"])} == set(TABLES)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["backfill-summary"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1,
+        )
+    assert summary[0]["run_id"] in artifacts[0].description
+    assert {row["table"] for row in json.loads(artifacts[0].data)} == set(TABLES)
