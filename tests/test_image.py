@@ -201,6 +201,18 @@ def test_paths_resolve_against_base_dir(tmp_path: Path) -> None:
     }
 
 
+def test_paths_may_not_leave_the_data_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(encode(Image.new("RGB", (6, 4), RED)))
+    (data / "link.png").symlink_to(outside)
+    values = ["../secret.png", str(outside), "link.png", "/etc/passwd"]
+    _, positions, failures = decode_values(values, base_dir=str(data))
+    assert positions == []
+    assert failures == {i: f"path escapes the data folder {data}: {v}" for i, v in enumerate(values)}
+
+
 def test_many_values_keep_their_order() -> None:
     colours = [(i, 255 - i, (7 * i) % 256) for i in range(0, 250, 5)]
     values = [encode(Image.new("RGB", (9, 7), c)) if i % 7 else b"junk" for i, c in enumerate(colours)]

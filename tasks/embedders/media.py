@@ -1,7 +1,8 @@
 """What image and audio have in common: values are encoded files, given as bytes or as paths.
 
-A path is resolved against the folder of the Parquet file it came from (absolute paths as they are).
-Checks, storage types and path resolution live here once, for every media modality.
+A path is resolved against the folder of the Parquet file it came from, and must stay inside that folder
+(absolute paths too): a row cannot make the pipeline read arbitrary files. Checks, storage types and path
+resolution live here once, for every media modality.
 """
 
 from __future__ import annotations
@@ -55,12 +56,19 @@ def media_modality(name: str, default_embedder: str) -> Modality:
 
 
 def open_media(value: bytes | str, base_dir: str) -> io.BytesIO | Path:
-    """Bytes as a file object, or the path resolved against `base_dir`; MediaError if there is no such file."""
+    """Bytes as a file object, or the path resolved against `base_dir`.
+
+    MediaError if the path leaves the data folder (`..`, an absolute path elsewhere, a link out) or
+    names no file.
+    """
     if isinstance(value, bytes):
         return io.BytesIO(value)
     if "://" in value:
         raise MediaError(f"remote paths are not supported yet: {value}")
-    path = Path(base_dir, Path(value.strip()).expanduser())  # an absolute value replaces base_dir
+    folder = Path(base_dir).resolve()
+    path = Path(base_dir, value.strip())  # an absolute value replaces base_dir
+    if not path.resolve().is_relative_to(folder):
+        raise MediaError(f"path escapes the data folder {folder}: {value}")
     if not path.is_file():
         raise MediaError(f"no such file: {path}")
     return path
