@@ -8,6 +8,7 @@ removes versions older than a retention, never a tagged one: tags mark the runs 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import polars as pl
 
 from schemas.config import ConfigError
 from schemas.tables import embedding_metadata
+from tasks.lock import source_lock
 
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -216,17 +218,19 @@ def restore(database: str, table: str, as_of: str) -> Restored:
 
     LanceDB writes a new version that points at the old version's files (no data is copied); every
     version stays, so a restore can itself be undone. The new version is tagged `restore-<UTC time>`,
-    which also keeps `compact` from removing it.
+    which also keeps `compact` from removing it. It holds the lock of the table's source, so it never
+    lands between a running refresh's diff and its publish.
     """
-    handle = open_as_of(database, table, as_of)
-    source = handle.version
-    previous = table_versions(handle)[-1].version
-    if source == previous:
-        return Restored(table, source, previous, previous, None)
-    handle.restore()
-    tag = f"restore-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
-    handle.tags.create(tag, handle.version)
-    return Restored(table, source, previous, handle.version, tag)
+    with source_lock(database, table.split("__")[0], logging.getLogger("multiembed")):
+        handle = open_as_of(database, table, as_of)
+        source = handle.version
+        previous = table_versions(handle)[-1].version
+        if source == previous:
+            return Restored(table, source, previous, previous, None)
+        handle.restore()
+        tag = f"restore-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+        handle.tags.create(tag, handle.version)
+        return Restored(table, source, previous, handle.version, tag)
 
 
 def print_restore(database: str, table: str, as_of: str) -> None:

@@ -361,3 +361,21 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ConfigError, match="is not a duration"):
         parse_duration(text)
+
+
+def test_restore_waits_for_a_run_holding_the_source_lock(config: str, database: str) -> None:
+    """A restore never lands between a refresh's diff and its publish: it takes the source's lock."""
+    import logging
+    import threading
+
+    from tasks.lock import source_lock
+
+    source = TABLE.split("__")[0]
+    finished = threading.Event()
+    with source_lock(database, source, logging.getLogger("test")):
+        worker = threading.Thread(target=lambda: (main(["restore", config, TABLE, "2"]), finished.set()))
+        worker.start()
+        assert not finished.wait(1.0)  # blocked while the "run" holds the lock
+        assert version_numbers(database) == [1, 2, 3, 4, 5]
+    worker.join(timeout=30)
+    assert finished.is_set() and version_numbers(database)[-1] == 6
