@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from multiembed import PIPELINE_VERSION
 
@@ -90,3 +91,21 @@ class Embedder(Protocol):
         Rows listed in `prepared.failures` may hold anything; they are rejected, not written.
         """
         ...
+
+
+B = TypeVar("B")
+
+
+def run_batches(batches: Iterable[B], positions: np.ndarray, rows: int, dim: int,
+                forward: Callable[[B], torch.Tensor]) -> np.ndarray:
+    """The encode loop every embedder shares: `forward` each batch under `inference_mode` and write its
+    vectors to their input positions (`positions[i]` is where the i-th batched item goes; rows that were
+    not batched stay zero)."""
+    out = np.zeros((rows, dim), dtype=np.float32)
+    start = 0
+    with torch.inference_mode():
+        for batch in batches:
+            vectors = forward(batch).float().cpu().numpy()
+            out[positions[start : start + len(vectors)]] = vectors
+            start += len(vectors)
+    return out

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.embedders import hf
-from tasks.embedders.base import EmbedderInfo, ModelLoadError
+from tasks.embedders.base import EmbedderInfo, ModelLoadError, run_batches
 from tasks.embedders.media import MediaError, media_modality, open_media
 
 # Formats Pillow may open: the common photo and web formats. Leaving out Pillow's other plugins keeps
@@ -159,15 +159,8 @@ class ImageEmbedder(ABC):
 
     def embed(self, prepared: ImageBatches) -> np.ndarray:
         """Pooled, L2-normalised vectors in input order; failed rows are left at zero."""
-        out = np.zeros((prepared.rows, self.info.dim), dtype=np.float32)
-        start = 0
-        with torch.inference_mode():
-            for batch in prepared.batches:
-                vectors = torch.nn.functional.normalize(self.forward(batch).float(), p=2, dim=1)
-                n = vectors.shape[0]
-                out[prepared.positions[start : start + n]] = vectors.cpu().numpy()
-                start += n
-        return out
+        return run_batches(prepared.batches, prepared.positions, prepared.rows, self.info.dim,
+                           lambda batch: torch.nn.functional.normalize(self.forward(batch).float(), p=2, dim=1))
 
 
 def pick_device() -> torch.device:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError
+from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError, run_batches
 from tasks.embedders.hf import ModelRef
 from tasks.sources import is_text_type
 
@@ -135,16 +135,9 @@ class TextEmbedder:
 
     def embed(self, prepared: TokenBatches) -> np.ndarray:
         """Run the model over the batches, pool and normalise, and put rows back in input order."""
-        out = np.empty((prepared.rows, self.info.dim), dtype=np.float32)
-        start = 0
-        with torch.inference_mode():
-            for batch in prepared.batches:
-                inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                hidden = self.model(**inputs).last_hidden_state
-                vectors = pool(hidden, inputs["attention_mask"], self.info.pooling)
-                if self.info.normalize:
-                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-                n = vectors.shape[0]
-                out[prepared.order[start : start + n]] = vectors.float().cpu().numpy()
-                start += n
-        return out
+        return run_batches(prepared.batches, prepared.order, prepared.rows, self.info.dim, self._forward)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        vectors = pool(self.model(**inputs).last_hidden_state, inputs["attention_mask"], self.info.pooling)
+        return torch.nn.functional.normalize(vectors, p=2, dim=1) if self.info.normalize else vectors
