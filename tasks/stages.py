@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -101,7 +101,8 @@ def diff(database: str, plan: SourcePlan, full: bool) -> SourcePlan:
 
 def staging_for(database: str, plan: SourcePlan, kind: Kind) -> write.Staging:
     """The staging area of this exact piece of work: same inputs, models and base versions, same place."""
-    files = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in plan.layout.files]
+    stats = [(f, Path(f).stat()) for f in plan.layout.files]
+    files = [(f, st.st_size, st.st_mtime_ns) for f, st in stats]
     tables = [(t.name, t.fingerprint, str(t.schema), plan.diffs[t.name].mode, plan.diffs[t.name].base_version)
               for t in plan.tables]
     blob = json.dumps([kind, plan.source.model_dump(), files, tables], sort_keys=True, default=str)
@@ -163,7 +164,7 @@ def stage(
     staging.write("vectors", spec.name, key, rows)
     figures = ShardFigures(spec.name, shard.num_rows, rows.num_rows, work.unchanged, rejects.num_rows,
                            prepared.truncated)
-    staging.mark_done(spec.name, key, {k: v for k, v in vars(figures).items()})
+    staging.mark_done(spec.name, key, asdict(figures))
     return figures
 
 

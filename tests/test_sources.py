@@ -166,26 +166,20 @@ def test_inspect_missing_column_in_second_file(tmp_path: Path) -> None:
     assert "'text'" in str(info.value)
 
 
-def test_inspect_float_id(tmp_path: Path) -> None:
-    f = write(tmp_path / "a.parquet", {"id": [1.5], "text": ["a"]})
+@pytest.mark.parametrize(
+    ("data", "column", "found", "expected"),
+    [({"id": [1.5], "text": ["a"]}, "id", "double", "integers or strings"),
+     ({"id": [1], "text": [42]}, "text", "int64", "a string column")],
+)
+def test_inspect_wrong_column_type(tmp_path: Path, data: dict, column: str, found: str, expected: str) -> None:
+    f = write(tmp_path / "a.parquet", data)
     with pytest.raises(InputError) as info:
         inspect_source(source(f), MODALITIES)
     message = str(info.value)
     assert str(f) in message
-    assert "'id'" in message
-    assert "double" in message
-    assert "integers or strings" in message
-
-
-def test_inspect_int_text(tmp_path: Path) -> None:
-    f = write(tmp_path / "a.parquet", {"id": [1], "text": [42]})
-    with pytest.raises(InputError) as info:
-        inspect_source(source(f), MODALITIES)
-    message = str(info.value)
-    assert str(f) in message
-    assert "'text'" in message
-    assert "int64" in message
-    assert "a string column" in message
+    assert f"'{column}'" in message
+    assert found in message
+    assert expected in message
 
 
 def test_inspect_not_parquet(tmp_path: Path) -> None:
