@@ -68,6 +68,27 @@ class ScheduleConfig(_Strict):
         return name
 
 
+QualityStage = Literal["evaluate", "bias", "drift"]
+
+
+class QualityConfig(_Strict):
+    """The quality stages of a source's tables: what to check after each run, with which columns."""
+
+    label: str | None = Field(default=None, description="keep column with a class label (kNN, probe, v-measure)")
+    sensitive: str | None = Field(default=None, description="keep column with a group attribute (bias per group)")
+    pairs: str | None = Field(
+        default=None, description="Parquet file of (query, relevant[, score]) id pairs for retrieval metrics"
+    )
+    after: list[QualityStage] = Field(
+        default_factory=lambda: ["evaluate", "drift"], description="stages run after each backfill or refresh"
+    )
+    on_fail: Literal["warn", "fail"] = Field(
+        default="warn", description="a failed check warns (default) or fails the flow"
+    )
+    sample: int = Field(default=20_000, ge=100, description="rows sampled (seeded) per table for the statistics")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="metric name -> threshold override")
+
+
 class SourceConfig(_Strict):
     """A set of Parquet files with a stable row id, and the fields to embed from them."""
 
@@ -81,6 +102,7 @@ class SourceConfig(_Strict):
         default="delete", description="refresh: remove rows whose ids left the source, or keep them"
     )
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @field_validator("name")
     @classmethod
@@ -98,6 +120,10 @@ class SourceConfig(_Strict):
             raise ValueError(f"keep: {sorted(reserved)} are names the embedding table uses itself")
         if len(set(self.keep)) != len(self.keep):
             raise ValueError("keep: a column is listed twice")
+        for key in ("label", "sensitive"):
+            column = getattr(self.quality, key)
+            if column is not None and column not in self.keep:
+                raise ValueError(f"quality.{key}: {column!r} must be one of the keep columns {self.keep}")
         seen = [f.column for f in self.fields]
         if len(set(seen)) != len(seen):
             raise ValueError("fields: a column is listed twice; list several embedders on one field")
@@ -159,7 +185,13 @@ def parse_config(data: object, base: Path) -> PipelineConfig:
         config = PipelineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"invalid config:\n{_describe(e)}") from None
-    sources = [s.model_copy(update={"path": _resolve(s.path, base)}) for s in config.sources]
+    sources = [
+        s.model_copy(update={
+            "path": _resolve(s.path, base),
+            "quality": s.quality.model_copy(update={"pairs": s.quality.pairs and _resolve(s.quality.pairs, base)}),
+        })
+        for s in config.sources
+    ]
     return config.model_copy(update={"database": _resolve(config.database, base), "sources": sources})
 
 

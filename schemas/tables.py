@@ -4,6 +4,8 @@
 - `_runs`: one row per run and table, with the row accounting
   (rows_read = rows_embedded + rows_unchanged + rows_rejected).
 - `_rejects`: one row per rejected input row and table, with the stage and the reason.
+- `_metrics`: one row per quality statistic (evaluation, bias, drift) of a table version, with its
+  threshold and status; what dashboards chart and alert on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pyarrow as pa
 
 RUNS_TABLE = "_runs"
 REJECTS_TABLE = "_rejects"
+METRICS_TABLE = "_metrics"
 METADATA_PREFIX = "multiembed."
 
 RUNS_SCHEMA = pa.schema(
@@ -45,6 +48,24 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("column", pa.string(), nullable=False),
         pa.field("stage", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+METRIC_STATUSES = ("ok", "warn", "fail")
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("reference_version", pa.int64()),  # drift: the version compared against
+        pa.field("stage", pa.string(), nullable=False),  # evaluate, bias, drift
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),  # ok, warn, fail (METRIC_STATUSES)
+        pa.field("details", pa.string()),  # JSON
+        pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
 
