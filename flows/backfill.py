@@ -1,10 +1,11 @@
 """The `backfill` and `refresh` flows: bring every table of the configured sources up to date.
 
 Wiring only: plan every source first (so bad input fails before anything is written); then, per
-source and under its lock, diff against the tables, run the shards through read -> validate ->
-prepare -> embed -> write with a bounded number in flight (so memory does not grow with the input),
-skipping shards an interrupted run already staged, and publish. The task runner is a parameter of
-the flow (`backfill.with_options(task_runner=...)`), so Ray or Dask can run the same shards.
+source and under its lock, give fitted embedders their state (fit), diff against the tables, run the
+shards through read -> validate -> prepare -> embed -> write with a bounded number in flight (so memory
+does not grow with the input), skipping shards an interrupted run already staged, and publish. The
+task runner is a parameter of the flow (`runners.with_runner(backfill, spec)`), so a Ray or Dask
+cluster runs the same shards.
 """
 
 from __future__ import annotations
@@ -17,18 +18,14 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import runners
 from flows import stages as t
-from schemas.config import load_config
+from schemas.config import RunnerConfig, load_config
 from tasks.lock import source_lock
 from tasks.sources import Shard
 from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for
 from tasks.write import Staging
-
-# Shards in flight at once: enough to overlap one shard's preparation with another's inference,
-# few enough that memory stays a few shards' worth whatever the size of the input.
-IN_FLIGHT = 2
 
 
 def new_run_id() -> str:
@@ -36,36 +33,54 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def submit_shard(plan: SourcePlan, shard: Shard, staging: Staging) -> list[PrefectFuture]:
-    """Chain one shard's stages (each embedding table gets its own prepare/embed/write); futures in order."""
-    rows = t.read.submit(plan, shard)
-    checked = t.validate.submit(plan, shard, rows)
-    futures = [rows, checked]
+ShardFutures = tuple[list[PrefectFuture], list[PrefectFuture]]  # every stage in order, and the writes
+
+
+def submit_shard(plan: SourcePlan, shared: SourcePlan, shard: Shard, staging: Staging, gpus: float) -> ShardFutures:
+    """Chain one shard's stages (each embedding table gets its own prepare/embed/write); the embed stages
+    ask the runner for `gpus` GPUs each. Tasks get the plan as `shared` (`runners.share(plan)`).
+    Returns every future in order, and the write futures."""
+    rows = t.read.submit(shared, shard)
+    checked = t.validate.submit(shared, shard, rows)
+    futures, writes = [rows, checked], []
     for spec in plan.tables:
-        prepared = t.prepare.submit(plan, spec, shard, checked)
-        vectors = t.embed.submit(plan, spec, prepared)
-        futures += [prepared, vectors, t.stage.submit(plan, spec, shard, checked, prepared, vectors, staging)]
-    return futures
+        prepared = t.prepare.submit(shared, spec, shard, checked)
+        with runners.embed_resources(gpus):
+            vectors = t.embed.submit(shared, spec, prepared)
+        writes.append(t.stage.submit(shared, spec, shard, checked, prepared, vectors, staging))
+        futures += [prepared, vectors, writes[-1]]
+    return futures, writes
 
 
-def wait_shard(futures: list[PrefectFuture]) -> list[ShardFigures]:
-    """The shard's figures per table; raises the first stage's error (downstream stages never ran)."""
-    return [r for r in (f.result() for f in futures) if isinstance(r, ShardFigures)]
+def wait_shard(futures: ShardFutures) -> list[ShardFigures]:
+    """The shard's figures per table; raises the first stage's error (downstream stages never ran).
+
+    Only the writes' figures come back to the flow: on a cluster the shard's rows, tokens and vectors
+    pass from worker to worker, never through the flow's process.
+    """
+    stages, writes = futures
+    try:
+        return [f.result() for f in writes]
+    except Exception:
+        for f in stages:
+            f.result()
+        raise
 
 
-def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
+def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list[ShardFigures]:
     """Run every shard of a source, logging progress (rows and rows/s) as shards finish."""
     logger = get_run_logger()
     started, done, results, resumed = time.monotonic(), 0, [], 0
-    pending: deque[list[PrefectFuture]] = deque()
+    in_flight, shared = runners.shards_in_flight(runner), runners.share(plan)
+    pending: deque[ShardFutures] = deque()
     for i, shard in enumerate(plan.shards):
         staged = staged_figures(plan, shard, staging)
         if staged is not None:  # an interrupted run of the same work finished this shard
             results += staged
             resumed += 1
         else:
-            pending.append(submit_shard(plan, shard, staging))
-        while pending and (len(pending) > IN_FLIGHT or i == len(plan.shards) - 1):
+            pending.append(submit_shard(plan, shared, shard, staging, runner.gpus_per_embed_task))
+        while pending and (len(pending) > in_flight or i == len(plan.shards) - 1):
             figures = wait_shard(pending.popleft())
             results += figures
             done += figures[0].rows_read
@@ -77,19 +92,24 @@ def run_shards(plan: SourcePlan, staging: Staging) -> list[ShardFigures]:
     return results
 
 
-def embed_sources(config: str, source: str | None, kind: Kind, full: bool = False) -> list[dict]:
-    """The body of both flows: plan all, then per source diff, embed what changed, publish."""
+def embed_sources(config: str, source: str | None, kind: Kind, full: bool = False, refit: bool = False) -> list[dict]:
+    """The body of both flows: plan all, then per source fit, diff, embed what changed, publish."""
     logger = get_run_logger()
     run = RunInfo(new_run_id(), runtime.flow_run.id, datetime.now(UTC))
     settings = load_config(config)
     selected = [settings.source(source)] if source else settings.sources
-    plans = [t.plan(s, settings.batch_size) for s in selected]
+    if shortfall := runners.gpu_shortfall(settings.runner.gpus_per_embed_task):
+        logger.warning(shortfall)
+    plans = [t.plan(s, settings.batch_size, settings.database) for s in selected]
     summary = []
     for plan in plans:
         with source_lock(settings.database, plan.source.name, logger):
-            plan = t.diff(settings.database, plan, full)
-            staging = staging_for(settings.database, plan, kind)
-            summary += t.publish(settings.database, plan, staging, run_shards(plan, staging), run, kind)
+            plan, notes = t.fit(plan, refit)
+            for note in notes:
+                logger.info(note)
+            plan = t.diff(plan, full)
+            staging = staging_for(plan, kind)
+            summary += t.publish(plan, staging, run_shards(plan, staging, settings.runner), run, kind)
             staging.remove()
     for row in summary:
         logger.info(
@@ -105,17 +125,18 @@ def embed_sources(config: str, source: str | None, kind: Kind, full: bool = Fals
     return summary
 
 
-@flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=IN_FLIGHT))
-def backfill(config: str, source: str | None = None, full: bool = False) -> list[dict]:
+@flow(name="backfill", task_runner=runners.local())
+def backfill(config: str, source: str | None = None, full: bool = False, refit: bool = False) -> list[dict]:
     """Make every table of the config's sources (or of `source`) match its input.
 
     Rows whose content hash is unchanged are not embedded again (so a repeated backfill does nothing);
-    `full` re-embeds every row into a new version.
+    `full` re-embeds every row into a new version; `refit` fits the fitted embedders (tfidf, tabular)
+    anew, which re-embeds their tables into a new generation.
     """
-    return embed_sources(config, source, "backfill", full)
+    return embed_sources(config, source, "backfill", full, refit)
 
 
-@flow(name="refresh", task_runner=ThreadPoolTaskRunner(max_workers=IN_FLIGHT))
+@flow(name="refresh", task_runner=runners.local())
 def refresh(config: str, source: str | None = None) -> list[dict]:
     """Embed only new and changed rows, and remove (or keep, per source) rows whose ids left the input."""
     return embed_sources(config, source, "refresh")

@@ -33,6 +33,7 @@ def _stage(fn, name: str, retries: int = 2):
 
 
 plan = _stage(stages.plan_source, "plan")
+fit = _stage(stages.fit, "fit", retries=0)
 diff = _stage(stages.diff, "diff")
 read = _stage(stages.read, "read")
 validate = _stage(stages.validate, "validate", retries=0)

@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import get_args
 
-from schemas.config import ConfigError, load_config
+from schemas.config import ConfigError, RunnerConfig, RunnerKind, load_config
 from tasks.embedders.base import ModelLoadError
 from tasks.sources import InputError
 
@@ -19,25 +20,28 @@ def _database(args: argparse.Namespace) -> str:
     return load_config(args.config).database
 
 
-def _check_sources(args: argparse.Namespace) -> None:
-    """Fail fast on a bad config or source name, before Prefect starts."""
+def _check_sources(args: argparse.Namespace) -> RunnerConfig:
+    """Fail fast on a bad config, source name or runner, before Prefect starts; the runner to run on."""
     settings = load_config(args.config)
     if args.source:
         settings.source(args.source)
+    return settings.runner.overridden(args.runner, args.address)
 
 
 def _backfill(args: argparse.Namespace) -> None:
-    _check_sources(args)
+    runner = _check_sources(args)
     from flows.backfill import backfill
+    from flows.runners import with_runner
 
-    backfill(config=str(args.config), source=args.source, full=args.full)
+    with_runner(backfill, runner)(config=str(args.config), source=args.source, full=args.full, refit=args.refit)
 
 
 def _refresh(args: argparse.Namespace) -> None:
-    _check_sources(args)
+    runner = _check_sources(args)
     from flows.backfill import refresh
+    from flows.runners import with_runner
 
-    refresh(config=str(args.config), source=args.source)
+    with_runner(refresh, runner)(config=str(args.config), source=args.source)
 
 
 def _versions(args: argparse.Namespace) -> None:
@@ -64,6 +68,18 @@ def _compact(args: argparse.Namespace) -> None:
     print_compact(_database(args), args.retention, args.table)
 
 
+def _dashboard(args: argparse.Namespace) -> None:
+    from multiembed.dashboard import print_dashboard
+
+    print_dashboard(load_config(args.config), args.out, args.serve, args.port)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from multiembed.export import print_export
+
+    print_export(_database(args), args.out)
+
+
 def _serve(args: argparse.Namespace) -> None:
     load_config(args.config)  # fail fast on a bad config, before Prefect and the flows are imported
     from deployments.serve import serve_config
@@ -87,6 +103,15 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str,
     return command
 
 
+def _runner_flags(command: argparse.ArgumentParser) -> None:
+    """--runner and --address: run the shards on a Ray or Dask cluster instead of in this process."""
+    command.add_argument("--runner", choices=get_args(RunnerKind),
+                         help="where the shards run: local (this process), ray or dask (default: the config's "
+                              "runner.kind, else local); see docs/scaling.md")
+    command.add_argument("--address", help="join the ray or dask cluster at this address (default: the config's "
+                                           "runner.address, else start one on this machine for the run)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multiembed", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -94,11 +119,15 @@ def parser() -> argparse.ArgumentParser:
     b = _command(sub, "backfill", "make every table of the source(s) match its input; publish a version per "
                  "table that changed", _backfill)
     b.add_argument("--source", help="only this source (default: all)")
+    _runner_flags(b)
     b.add_argument("--full", action="store_true", help="re-embed every row, even rows whose content is unchanged")
+    b.add_argument("--refit", action="store_true",
+                   help="fit the fitted embedders (tfidf, tabular) anew: their tables become a new generation")
 
     r = _command(sub, "refresh", "embed only new and changed rows, remove rows that left; publish if any changed",
                  _refresh)
     r.add_argument("--source", help="only this source (default: all)")
+    _runner_flags(r)
 
     v = _command(sub, "versions", "list each table's versions with time, row count and tags", _versions)
     v.add_argument("--table", help="only this table")
@@ -122,6 +151,18 @@ def parser() -> argparse.ArgumentParser:
                    help="keep versions younger than this: 7d, 12h, 30m, 0s (default: %(default)s); "
                         "tagged versions and the latest are always kept; readers still on a removed version fail")
     c.add_argument("--table", help="only this table (default: every table)")
+
+    dash = _command(sub, "dashboard", "write a self-contained HTML dashboard of runs, rejects, quality and embeddings",
+                    _dashboard)
+    dash.add_argument("--out", default="multiembed-dashboard", metavar="DIR",
+                    help="folder for index.html (default: %(default)s)")
+    dash.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1 until stopped (Ctrl-C)")
+    dash.add_argument("--port", type=int, default=8050, metavar="N",
+                    help="port for --serve, 0 for any free one (default: %(default)s)")
+
+    e = _command(sub, "export", "write the run, reject and metric tables as Parquet and a DuckDB file with views "
+                 "for BI tools", _export)
+    e.add_argument("--out", required=True, metavar="DIR", help="folder to write to (files in it are replaced)")
 
     _command(sub, "serve", "serve a refresh and a backfill deployment per source, run on the config's schedules "
              "until stopped (Ctrl-C)", _serve)

@@ -30,13 +30,43 @@ class _Strict(BaseModel):
 
 
 class FieldConfig(_Strict):
-    """One input column to embed, with the embedders to run on it."""
+    """What to embed from each row, with the embedders to run on it.
 
-    column: str = Field(min_length=1)
+    Text, images and audio come from one `column`; a table field takes several `columns` and a `name`
+    (default `row`) that stands for them in table names: `<source>__<name>__<embedder>`.
+    """
+
+    column: str | None = Field(default=None, min_length=1, description="the input column (text, image, audio)")
+    columns: list[str] | None = Field(default=None, min_length=1, description="table: the input columns")
+    name: str | None = Field(default=None, description="table: the field's name in table names (default row)")
     modality: Modality
     embedders: list[str] | None = Field(
         default=None, min_length=1, description="Embedder names; the modality's default if omitted."
     )
+
+    @model_validator(mode="after")
+    def _inputs(self) -> FieldConfig:
+        if self.modality == "table":
+            if self.column is not None or not self.columns:
+                raise ValueError("a table field lists its input columns under 'columns:' (and takes no 'column:')")
+            if len(set(self.columns)) != len(self.columns):
+                raise ValueError("columns: a column is listed twice")
+            if self.name is not None and not re.fullmatch(NAME_PATTERN, self.name):
+                raise ValueError(f"name: {self.name!r} is not allowed: use lowercase letters, digits and _")
+        elif self.column is None or self.columns is not None or self.name is not None:
+            raise ValueError(f"a {self.modality} field names its input with 'column:' ('columns:'/'name:' are for "
+                             "modality table)")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The field's name in table names and rejects: its column, or a table field's name."""
+        return self.column if self.column is not None else (self.name or "row")
+
+    @property
+    def inputs(self) -> list[str]:
+        """The Parquet columns the field reads."""
+        return [self.column] if self.column is not None else list(self.columns or [])
 
 
 class ScheduleConfig(_Strict):
@@ -124,10 +154,60 @@ class SourceConfig(_Strict):
             column = getattr(self.quality, key)
             if column is not None and column not in self.keep:
                 raise ValueError(f"quality.{key}: {column!r} must be one of the keep columns {self.keep}")
-        seen = [f.column for f in self.fields]
+        seen = [f.key for f in self.fields]
         if len(set(seen)) != len(seen):
-            raise ValueError("fields: a column is listed twice; list several embedders on one field")
+            raise ValueError("fields: a column (or table field name) is listed twice; list several embedders on one "
+                             "field")
+        clash = {f.key for f in self.fields if f.column is None} & {self.id, *self.keep}
+        if clash:
+            raise ValueError(f"fields: table field name(s) {sorted(clash)} clash with the id or keep columns")
         return self
+
+
+RunnerKind = Literal["local", "ray", "dask"]
+
+
+class RunnerConfig(_Strict):
+    """Where a run's shards execute: threads of the flow's process (local), or the workers of a Ray or
+    Dask cluster, started for the run or joined at `address`. `--runner` and `--address` override it."""
+
+    kind: RunnerKind = "local"
+    address: str | None = Field(
+        default=None, min_length=1,
+        description="an existing cluster to join (ray: auto, host:6379 or ray://host:10001; dask: tcp://host:8786); "
+                    "none starts a local cluster for the run",
+    )
+    workers: int | None = Field(
+        default=None, ge=1,
+        description="worker processes of the cluster started for the run (default: one per CPU core); with an "
+                    "address, the task slots to keep busy (default: the cluster's CPUs when the run starts)",
+    )
+    gpus_per_embed_task: float = Field(
+        default=0, ge=0, description="GPUs each embed task asks the cluster for (e.g. 1); other stages ask for none",
+    )
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> RunnerConfig:
+        if self.kind == "local" and (self.address or self.workers or self.gpus_per_embed_task):
+            raise ValueError("address, workers and gpus_per_embed_task are for kind ray or dask (a cluster); "
+                             "the local runner uses this machine")
+        return self
+
+    def overridden(self, kind: RunnerKind | None, address: str | None) -> RunnerConfig:
+        """The runner as `--runner KIND` and `--address ADDRESS` change it (None: not given).
+
+        A different kind starts from that kind's defaults except workers and GPUs (the config's address
+        belongs to the config's kind); an address replaces the config's.
+        """
+        data = self.model_dump()
+        if kind is not None and kind != self.kind:
+            data = {"kind": kind} if kind == "local" else {**data, "kind": kind, "address": None}
+        if address is not None:
+            data["address"] = address
+        try:
+            return RunnerConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"--runner/--address with the config's runner:\n{_describe(e)}") from None
 
 
 class PipelineConfig(_Strict):
@@ -136,6 +216,7 @@ class PipelineConfig(_Strict):
     database: str = Field(min_length=1, description="LanceDB URI: a folder, s3://... or gs://...")
     sources: list[SourceConfig] = Field(min_length=1)
     batch_size: int = Field(default=64, ge=1, description="rows per forward pass")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @field_validator("sources")
     @classmethod

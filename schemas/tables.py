@@ -31,6 +31,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("rows_deleted", pa.int64(), nullable=False),
         pa.field("rows_truncated", pa.int64(), nullable=False),
         pa.field("published", pa.bool_(), nullable=False),  # false: nothing changed, `version` is kept
+        pa.field("flags", pa.string(), nullable=False),  # JSON {condition: rows}: embedded but counted (silent clip)
         pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),

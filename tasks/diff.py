@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.tables import embedding_metadata
-from tasks.sources import Shard
+from tasks.sources import Shard, quote
 from tasks.write import hash_sql, open_table
 
 Mode = Literal["create", "rebuild", "merge"]
@@ -71,22 +71,25 @@ def _todo_by_shard(rows: pa.Table, shards: list[Shard]) -> dict[tuple[str, int],
 
 def diff_table(
     db: lancedb.DBConnection, name: str, schema: pa.Schema, fingerprint: str, files: tuple[str, ...],
-    shards: list[Shard], id_column: str, column: str, column_type: pa.DataType, full: bool,
+    shards: list[Shard], id_column: str, value_sql: str, value_type: pa.DataType, full: bool,
 ) -> TableDiff:
-    """What this run must embed and may delete for table `name`, against its latest version."""
+    """What this run must embed and may delete for table `name`, against its latest version.
+
+    `value_sql` is the DuckDB expression of the embedded value over the Parquet files (see
+    `SourceLayout.field_sql`) and `value_type` its Arrow type when read, so the hashes match the written ones.
+    """
     table = open_table(db, name)
     if table is None:
         return TableDiff("create", None)
     if full or not same_contract(table, schema):
         return TableDiff("rebuild", table.version)
-    quoted_id, quoted_col = (f'"{c.replace(chr(34), chr(34) * 2)}"' for c in (id_column, column))
     old = table.search().select(["id", "content_hash"]).limit(None).to_batches()
     with duckdb.connect() as con:
         con.register("old", old)
         con.execute("CREATE TEMP TABLE old_rows AS SELECT id, content_hash FROM old")  # a reader scans once
         src = f"""src AS (
-            SELECT filename AS file, file_row_number AS row, {quoted_id} AS id,
-                   {hash_sql(quoted_col, column_type)} AS h
+            SELECT filename AS file, file_row_number AS row, {quote(id_column)} AS id,
+                   {hash_sql(value_sql, value_type)} AS h
             FROM read_parquet($files, filename = true, file_row_number = true))"""
         params = {"fp": fingerprint, "files": list(files)}
         todo = con.execute(f"""WITH {src}

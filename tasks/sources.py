@@ -8,7 +8,7 @@ InputError naming the file, the column and what was expected.
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -39,7 +39,19 @@ class SourceLayout:
     """The checked files of a source and the Arrow types every shard is cast to."""
 
     files: tuple[str, ...]
-    schema: pa.Schema  # id, the fields' columns and the keep columns, in that order
+    schema: pa.Schema  # id, the fields (a table field as a struct of its columns) and the keep columns
+    composites: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table field -> its input columns
+
+    def field_sql(self, key: str) -> str:
+        """DuckDB expression for a field's value straight from the Parquet files (a struct for a table field)."""
+        if key in self.composites:
+            return "struct_pack(" + ", ".join(f"{quote(c)} := {quote(c)}" for c in self.composites[key]) + ")"
+        return quote(key)
+
+
+def quote(column: str) -> str:
+    """A column name as a DuckDB identifier."""
+    return '"' + column.replace('"', '""') + '"'
 
 
 def resolve_files(path: str) -> list[str]:
@@ -91,7 +103,8 @@ def inspect_source(source: SourceConfig, modalities: dict[str, Modality]) -> Sou
     wanted: dict[str, pa.DataType] = {}
     for file in files:
         schema = _read_schema(file)
-        missing = [c for c in [source.id, *(f.column for f in source.fields), *source.keep] if c not in schema.names]
+        needed = [source.id, *(c for f in source.fields for c in f.inputs), *source.keep]
+        missing = [c for c in dict.fromkeys(needed) if c not in schema.names]
         if missing:
             raise InputError(
                 f"{file}: missing column(s) {missing}; the file has {schema.names}. "
@@ -103,14 +116,17 @@ def inspect_source(source: SourceConfig, modalities: dict[str, Modality]) -> Sou
                 f"{file}: id column {source.id!r} is {schema.field(source.id).type}; "
                 "expected integers or strings"
             )
+        fields = {}
         for f in source.fields:
-            found = schema.field(f.column).type
-            if not modalities[f.modality].accepts(found):
-                raise InputError(
-                    f"{file}: column {f.column!r} is {found}; modality {f.modality!r} "
-                    f"expects {modalities[f.modality].expected}"
-                )
-        fields = {f.column: modalities[f.modality].storage(schema.field(f.column).type) for f in source.fields}
+            modality = modalities[f.modality]
+            for column in f.inputs:
+                found = schema.field(column).type
+                if not modality.accepts(found):
+                    raise InputError(
+                        f"{file}: column {column!r} is {found}; modality {f.modality!r} expects {modality.expected}"
+                    )
+            storage = [pa.field(c, modality.storage(schema.field(c).type)) for c in f.inputs]
+            fields[f.key] = storage[0].type if f.column is not None else pa.struct(storage)
         types = {source.id: id_type, **fields, **{c: schema.field(c).type for c in source.keep}}
         for column, t in types.items():
             if wanted.setdefault(column, t) != t:
@@ -118,7 +134,8 @@ def inspect_source(source: SourceConfig, modalities: dict[str, Modality]) -> Sou
                     f"{file}: column {column!r} is {t} here but {wanted[column]} in {files[0]}; "
                     "every file of a source must use the same types"
                 )
-    return SourceLayout(tuple(files), pa.schema([pa.field(c, t) for c, t in wanted.items()]))
+    composites = {f.key: tuple(f.inputs) for f in source.fields if f.column is None}
+    return SourceLayout(tuple(files), pa.schema([pa.field(c, t) for c, t in wanted.items()]), composites)
 
 
 def plan_shards(files: tuple[str, ...], shard_rows: int) -> list[Shard]:
@@ -167,8 +184,33 @@ def find_duplicates(files: tuple[str, ...], id_column: str) -> pa.Table:
 
 
 def read_shard(shard: Shard, layout: SourceLayout) -> pa.Table:
-    """The shard's rows, cast to the layout's types, with `_row`: each row's index in its file."""
-    table = pq.ParquetFile(shard.file).read_row_groups(list(shard.row_groups), columns=layout.schema.names)
-    table = table.select(layout.schema.names).cast(layout.schema)
+    """The shard's rows, cast to the layout's types (a table field's columns gathered into its struct),
+    with `_row`: each row's index in its file."""
+    inputs = [c for cols in layout.composites.values() for c in cols]
+    physical = list(dict.fromkeys([c for c in layout.schema.names if c not in layout.composites] + inputs))
+    table = pq.ParquetFile(shard.file).read_row_groups(list(shard.row_groups), columns=physical)
+    columns = []
+    for f in layout.schema:
+        if f.name in layout.composites:
+            inputs = zip(layout.composites[f.name], f.type, strict=True)
+            children = [table[c].cast(child.type).combine_chunks() for c, child in inputs]
+            columns.append(pa.StructArray.from_arrays(children, fields=list(f.type)))
+        else:
+            columns.append(table[f.name].cast(f.type))
+    table = pa.table(columns, schema=layout.schema)
     rows = pa.array(np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64))
     return table.append_column("_row", rows)
+
+
+def sample_values(layout: SourceLayout, key: str, id_column: str, size: int, seed: int = 0) -> pa.Array:
+    """A seeded reservoir sample of a field's values over every file (rows with an id), as read by shards.
+
+    DuckDB reads only the field's columns and keeps `size` rows, so fitting an embedder on a source
+    costs memory for the sample, not for the source.
+    """
+    query = f"""SELECT {layout.field_sql(key)} AS v FROM read_parquet($files) WHERE {quote(id_column)} IS NOT NULL
+                USING SAMPLE reservoir({int(size)} ROWS) REPEATABLE ({int(seed)})"""
+    with duckdb.connect() as con:
+        con.execute("SET threads = 1")  # DuckDB's seeded sample is only repeatable on one thread
+        values = con.execute(query, {"files": list(layout.files)}).fetch_arrow_table()["v"]
+    return values.combine_chunks().cast(layout.schema.field(key).type)

@@ -1,7 +1,8 @@
 """The embedding run's stages over one source, as plain typed functions (the flows only wire them).
 
-plan (every source, before any work) -> diff (per source, against each table's latest version)
--> per shard: read -> validate -> prepare -> embed -> write (stage) -> publish (one version per table).
+plan (every source, before any work) -> fit (embedders learnt from the data: reuse the table's state,
+or fit one) -> diff (per source, against each table's latest version) -> per shard: read -> validate
+-> prepare -> embed -> write (stage) -> publish (one version per table).
 Every row read is accounted for per table: rows_read = rows_embedded + rows_unchanged + rows_rejected.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -17,14 +18,15 @@ from typing import Literal
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.config import SourceConfig
-from schemas.tables import embedding_schema, table_name
-from tasks import sources, write
+from schemas.tables import embedding_metadata, embedding_schema, table_name
+from tasks import fitted, sources, write
 from tasks import validate as checks
 from tasks.diff import TableDiff, diff_table
 from tasks.embedders import registry
-from tasks.embedders.base import Prepared
+from tasks.embedders.base import Embedder, EmbedderInfo, Prepared
 
 Kind = Literal["backfill", "refresh"]
 
@@ -37,14 +39,20 @@ class TableSpec:
     column: str
     modality: str
     embedder: str
-    schema: pa.Schema
+    schema: pa.Schema  # empty until `fit` has fitted (or found) the state of a fitted embedder
     fingerprint: str
+    fit_id: str | None = None  # the stored state of a fitted embedder (`tasks.fitted`)
+
+
+# Rows a fitted embedder is fit on: a seeded sample of the source (enough for a 20k-term vocabulary).
+FIT_SAMPLE = 50_000
 
 
 @dataclass(frozen=True)
 class SourcePlan:
     """Everything a source's shards need; `diffs` is filled in by `diff` just before the shards run."""
 
+    database: str
     source: SourceConfig
     layout: sources.SourceLayout
     shards: tuple[sources.Shard, ...]
@@ -68,45 +76,96 @@ class ShardFigures:
     rows_unchanged: int
     rows_rejected: int
     rows_truncated: int
+    flags: dict[str, int] = field(default_factory=dict)  # rows embedded but counted, by condition
 
 
-def plan_source(source: SourceConfig, batch_size: int) -> SourcePlan:
+def _spec(layout: sources.SourceLayout, source: SourceConfig, spec: TableSpec, info: EmbedderInfo) -> TableSpec:
+    """The spec with the schema and fingerprint of the loaded embedder's `info`."""
+    keep = [layout.schema.field(c) for c in source.keep]
+    schema = embedding_schema(layout.schema.field(source.id).type, info.dim, keep, info.metadata())
+    return replace(spec, schema=schema, fingerprint=info.fingerprint())
+
+
+def plan_source(source: SourceConfig, batch_size: int, database: str) -> SourcePlan:
     """Check the source's files and embedders and cut it into shards; raises before any work if it cannot run."""
     modalities = {f.modality: registry.modality(f.modality) for f in source.fields}
     layout = sources.inspect_source(source, modalities)
-    keep = [layout.schema.field(c) for c in source.keep]
     tables = []
-    for field in source.fields:
-        for name in field.embedders or [modalities[field.modality].default_embedder]:
-            info = registry.load_embedder(field.modality, name, batch_size).info
-            schema = embedding_schema(layout.schema.field(source.id).type, info.dim, keep, info.metadata())
-            tables.append(TableSpec(table_name(source.name, field.column, name), field.column, field.modality,
-                                    name, schema, info.fingerprint()))
+    for f in source.fields:
+        for name in f.embedders or [modalities[f.modality].default_embedder]:
+            spec = TableSpec(table_name(source.name, f.key, name), f.key, f.modality, name, pa.schema([]), "")
+            if registry.is_fitted(f.modality, name):
+                registry.check_embedder(f.modality, name)
+                tables.append(spec)  # completed by `fit`
+            else:
+                tables.append(_spec(layout, source, spec, registry.load_embedder(f.modality, name, batch_size).info))
     return SourcePlan(
-        source=source, layout=layout, shards=tuple(sources.plan_shards(layout.files, source.shard_rows)),
+        database=database, source=source, layout=layout,
+        shards=tuple(sources.plan_shards(layout.files, source.shard_rows)),
         duplicates=sources.find_duplicates(layout.files, source.id), tables=tuple(tables), batch_size=batch_size,
     )
 
 
-def diff(database: str, plan: SourcePlan, full: bool) -> SourcePlan:
+def embedder_of(plan: SourcePlan, spec: TableSpec) -> Embedder:
+    """The table's embedder, loaded once per process (with its fitted state, for a fitted one)."""
+    ref = fitted.FitRef(plan.database, spec.fit_id) if spec.fit_id else None
+    return registry.load_embedder(spec.modality, spec.embedder, plan.batch_size, ref)
+
+
+def fit_sample(plan: SourcePlan, spec: TableSpec) -> pa.Array:
+    """A seeded sample of the values a fitted embedder learns from: rows that would be embedded."""
+    values = sources.sample_values(plan.layout, spec.column, plan.source.id, FIT_SAMPLE)
+    return values.filter(pc.is_null(registry.modality(spec.modality).reasons(values)))
+
+
+def fit(plan: SourcePlan, refit: bool) -> tuple[SourcePlan, list[str]]:
+    """Fit stage: give each fitted embedder its state, the one its table was made with unless that is
+    missing, made for other input columns, or `refit` asks for a new one (a new table generation).
+
+    Returns the completed plan and one line per table saying which state it uses.
+    """
+    db = lancedb.connect(plan.database)
+    tables, notes = [], []
+    for spec in plan.tables:
+        if not registry.is_fitted(spec.modality, spec.embedder):
+            tables.append(spec)
+            continue
+        value_type = plan.layout.schema.field(spec.column).type
+        table = write.open_table(db, spec.name)
+        revision = embedding_metadata(table.schema).get("revision") if table is not None else None
+        fit_id = None if refit else fitted.current(db, spec.name, spec.embedder, revision, value_type)
+        if fit_id is None:
+            sample = fit_sample(plan, spec)
+            state = registry.fit_embedder(spec.modality, spec.embedder, sample)
+            fit_id = fitted.save(db, state, spec.name, spec.embedder, value_type, len(sample))
+            notes.append(f"{spec.name}: fitted {spec.embedder} on {len(sample)} sampled rows (fit {fit_id})")
+        else:
+            notes.append(f"{spec.name}: reusing fit {fit_id} of the table's latest version")
+        spec = replace(spec, fit_id=fit_id)
+        tables.append(_spec(plan.layout, plan.source, spec, embedder_of(plan, spec).info))
+    return replace(plan, tables=tuple(tables)), notes
+
+
+def diff(plan: SourcePlan, full: bool) -> SourcePlan:
     """Diff stage: for each table, what this run must embed and may delete (everything if `full`)."""
-    db = lancedb.connect(database)
+    db = lancedb.connect(plan.database)
     diffs = {
         spec.name: diff_table(db, spec.name, spec.schema, spec.fingerprint, plan.layout.files, list(plan.shards),
-                              plan.source.id, spec.column, plan.layout.schema.field(spec.column).type, full)
+                              plan.source.id, plan.layout.field_sql(spec.column),
+                              plan.layout.schema.field(spec.column).type, full)
         for spec in plan.tables
     }
     return replace(plan, diffs=diffs)
 
 
-def staging_for(database: str, plan: SourcePlan, kind: Kind) -> write.Staging:
+def staging_for(plan: SourcePlan, kind: Kind) -> write.Staging:
     """The staging area of this exact piece of work: same inputs, models and base versions, same place."""
     stats = [(f, Path(f).stat()) for f in plan.layout.files]
     files = [(f, st.st_size, st.st_mtime_ns) for f, st in stats]
     tables = [(t.name, t.fingerprint, str(t.schema), plan.diffs[t.name].mode, plan.diffs[t.name].base_version)
               for t in plan.tables]
     blob = json.dumps([kind, plan.source.model_dump(), files, tables], sort_keys=True, default=str)
-    return write.Staging(database, f"{plan.source.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}")
+    return write.Staging(plan.database, f"{plan.source.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}")
 
 
 def staged_figures(plan: SourcePlan, shard: sources.Shard, staging: write.Staging) -> list[ShardFigures] | None:
@@ -127,7 +186,7 @@ def validate(plan: SourcePlan, shard: sources.Shard, rows: pa.Table) -> dict[str
     """Validate stage, per table: rows to embed (valid and changed), how many are unchanged, reject records."""
     whole_row = checks.row_reasons(rows, plan.source.id, shard.file, plan.duplicates)
     per_field = {
-        f.column: checks.check_field(rows, plan.source.id, f.column, registry.modality(f.modality), shard.file,
+        f.key: checks.check_field(rows, plan.source.id, f.key, registry.modality(f.modality), shard.file,
                                      whole_row)
         for f in plan.source.fields
     }
@@ -137,13 +196,13 @@ def validate(plan: SourcePlan, shard: sources.Shard, rows: pa.Table) -> dict[str
 
 def prepare(plan: SourcePlan, spec: TableSpec, shard: sources.Shard, checked: dict[str, checks.Checked]) -> Prepared:
     """Prepare stage: CPU work (tokenise, decode) on the rows to embed."""
-    embedder = registry.load_embedder(spec.modality, spec.embedder, plan.batch_size)
-    return embedder.prepare(checked[spec.name].kept[spec.column].combine_chunks(), str(Path(shard.file).parent))
+    values = checked[spec.name].kept[spec.column].combine_chunks()
+    return embedder_of(plan, spec).prepare(values, str(Path(shard.file).parent))
 
 
 def embed(plan: SourcePlan, spec: TableSpec, prepared: Prepared) -> np.ndarray:
     """Embed stage: batched inference, on the GPU when there is one."""
-    return registry.load_embedder(spec.modality, spec.embedder, plan.batch_size).embed(prepared)
+    return embedder_of(plan, spec).embed(prepared)
 
 
 def stage(
@@ -163,7 +222,7 @@ def stage(
         staging.write("rejects", spec.name, key, write.staged_rejects(rejects, plan.source.name, spec.name))
     staging.write("vectors", spec.name, key, rows)
     figures = ShardFigures(spec.name, shard.num_rows, rows.num_rows, work.unchanged, rejects.num_rows,
-                           prepared.truncated)
+                           prepared.truncated, dict(prepared.flags))
     staging.mark_done(spec.name, key, asdict(figures))
     return figures
 
@@ -194,21 +253,26 @@ def publish_table(db: lancedb.DBConnection, plan: SourcePlan, spec: TableSpec, s
     return version, deleted, True
 
 
-def publish(database: str, plan: SourcePlan, staging: write.Staging, figures: list[ShardFigures], run: RunInfo,
+def publish(plan: SourcePlan, staging: write.Staging, figures: list[ShardFigures], run: RunInfo,
             kind: Kind) -> list[dict]:
     """Publish stage: at most one new version per table of the source, then its `_rejects` and `_runs` rows."""
-    db = lancedb.connect(database)
+    db = lancedb.connect(plan.database)
     rows = []
     for spec in plan.tables:
         mine = [f for f in figures if f.table == spec.name]
         totals = {k: sum(getattr(f, k) for f in mine) for k in ("rows_read", "rows_embedded", "rows_unchanged",
                                                                  "rows_rejected", "rows_truncated")}
+        flags: dict[str, int] = {}
+        for f in mine:
+            for condition, count in f.flags.items():
+                flags[condition] = flags.get(condition, 0) + count
         version, deleted, published = publish_table(db, plan, spec, staging, totals["rows_embedded"], kind,
                                                     tag=f"run-{run.run_id}")
         finished = datetime.now(UTC)
         rows.append({
             "run_id": run.run_id, "flow_run_id": run.flow_run_id, "source": plan.source.name, "table": spec.name,
             "version": version, **totals, "rows_deleted": deleted, "published": published,
+            "flags": json.dumps(flags, sort_keys=True),
             "started_at": run.started_at, "finished_at": finished,
             "seconds": (finished - run.started_at).total_seconds(),
         })

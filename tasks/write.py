@@ -101,6 +101,8 @@ def hash_sql(column: str, dtype: pa.DataType) -> str:
 
     The one definition used both when writing rows and when diffing a source against a table.
     """
+    if pa.types.is_struct(dtype):  # a table field: its columns' values as DuckDB prints the struct
+        return f"sha256(encode($fp) || encode(CAST({column} AS VARCHAR)))"
     text = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
     return f"sha256(encode($fp) || {f'encode({column})' if text else column})"
 

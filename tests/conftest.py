@@ -2,62 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from tasks.embedders.base import EmbedderInfo  # noqa: E402
-from tasks.embedders.registry import register_embedder  # noqa: E402
-
-FAKE_DIM = 8
-POISON = "poison"  # texts containing this make the fake embedder return NaN, like a broken model would
-UNDECODABLE = "undecodable"  # texts containing this fail the fake embedder's prepare stage, like a bad image
-
-
-@dataclass
-class FakePrepared:
-    texts: list[str]
-    rows: int
-    truncated: int
-    failures: dict[int, str]
-
-
-class FakeEmbedder:
-    """Deterministic vectors from a hash of the text: fast, and different texts get different vectors."""
-
-    def __init__(self, name: str, max_chars: int = 50) -> None:
-        self.max_chars = max_chars
-        self.info = EmbedderInfo(name=name, modality="text", model_id=f"fake/{name}", revision="1", dim=FAKE_DIM,
-                                 pooling="none", normalize=True, max_tokens=max_chars)
-
-    def prepare(self, values: pa.Array, base_dir: str) -> FakePrepared:
-        texts = values.to_pylist()
-        failures = {i: f"cannot decode ({base_dir})" for i, t in enumerate(texts) if UNDECODABLE in t}
-        return FakePrepared(texts, len(texts), sum(len(t) > self.max_chars for t in texts), failures)
-
-    def embed(self, prepared: FakePrepared) -> np.ndarray:
-        out = np.zeros((prepared.rows, FAKE_DIM), dtype=np.float32)
-        for i, text in enumerate(prepared.texts):
-            seed = int.from_bytes(hashlib.sha256((self.info.name + text).encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).standard_normal(FAKE_DIM).astype(np.float32)
-            out[i] = np.nan if POISON in text else v / np.linalg.norm(v)
-        return out
-
-
-for _name in ("fake", "fake2"):
-    register_embedder("text", _name, lambda batch_size, n=_name: FakeEmbedder(n))
+# The fake embedders are a plugin module (so cluster workers can load them too); importing it registers them.
+from fake_embedders import FAKE_DIM, POISON, UNDECODABLE, FakeEmbedder, FakePrepared  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,7 @@ def run_row(run_id: str, table: str, version: int) -> dict:
     return {
         "run_id": run_id, "flow_run_id": None, "source": "docs", "table": table, "version": version,
         "rows_read": 10, "rows_embedded": 6, "rows_unchanged": 2, "rows_rejected": 2, "rows_deleted": 1,
-        "rows_truncated": 0, "published": True, "started_at": start, "finished_at": end, "seconds": 10.0,
+        "rows_truncated": 0, "published": True, "flags": "{}", "started_at": start, "finished_at": end, "seconds": 10.0,
     }
 
 

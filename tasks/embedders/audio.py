@@ -47,6 +47,7 @@ RESAMPLE_STEP = 1 << 18  # source samples resampled at a time (a multiple of the
 LOWPASS_FILTER_WIDTH = 6  # torchaudio.functional.resample's defaults, which the block resampler relies on
 ROLLOFF = 0.99
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+SILENCE_PEAK = 10 ** (-60 / 20)  # a clip whose loudest sample is below -60 dBFS is counted as silent
 WINDOW_SECONDS = 30  # window of the models that take any length (wav2vec2, HuBERT, logmel)
 
 Inputs = dict[str, Any]  # one window's model inputs (arrays, or Trimmed ones), without a batch dimension
@@ -175,6 +176,7 @@ class AudioWindows:
     rows: int
     truncated: int = 0  # windows cover whole clips: nothing is cut
     failures: dict[int, str] = field(default_factory=dict)
+    flags: dict[str, int] = field(default_factory=dict)  # "silent clip": clips embedded although silent
 
 
 @dataclass(frozen=True)
@@ -233,8 +235,11 @@ def pad_to(samples: np.ndarray, size: int) -> np.ndarray:
     return samples if len(samples) >= size else np.pad(samples, (0, size - len(samples)))
 
 
-def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> tuple[list[Inputs], list[int]] | str:
-    """One file's window inputs and real lengths, or the reason it cannot be decoded.
+FileWindows = tuple[list[Inputs], list[int], bool]
+
+
+def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWindows | str:
+    """One file's window inputs, real lengths and whether it is silent, or the reason it cannot be decoded.
 
     Windows are turned into model inputs a few at a time, so raw samples of at most a few windows
     are held at once.
@@ -242,8 +247,10 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> tuple[l
     inputs: list[Inputs] = []
     lengths: list[int] = []
     group: list[np.ndarray] = []
+    peak = 0.0
     try:
         for samples in decode_windows(value, base_dir, spec.rate, spec.window):
+            peak = max(peak, float(np.abs(samples).max(initial=0.0)))
             lengths.append(len(samples))
             group.append(pad_to(samples, spec.min_samples))
             if len(group) == 4:
@@ -253,7 +260,7 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> tuple[l
         return str(e)
     if group:
         inputs += spec.featurize(group)
-    return (inputs, lengths) if lengths else "audio has no samples (zero length)"
+    return (inputs, lengths, peak < SILENCE_PEAK) if lengths else "audio has no samples (zero length)"
 
 
 def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWindows:
@@ -264,17 +271,18 @@ def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWi
     """
     values = values.cast(media_storage(values.type))  # plain bytes or strings, never dictionary-encoded
 
-    def one(i: int) -> tuple[list[Inputs], list[int]] | str:
+    def one(i: int) -> FileWindows | str:
         return _file_windows(values[i].as_py(), base_dir, spec)
 
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="audio-decode") as pool:
         results = list(pool.map(one, range(len(values))))
     failures = {i: r for i, r in enumerate(results) if isinstance(r, str)}
     done = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
-    inputs = [x for _, (xs, _) in done for x in xs]
-    lengths = np.array([n for _, (_, ns) in done for n in ns], dtype=np.int64)
-    owner = np.array([i for i, (_, ns) in done for _ in ns], dtype=np.int64)
-    return AudioWindows(inputs, lengths, owner, len(values), 0, failures)
+    inputs = [x for _, (xs, _, _) in done for x in xs]
+    lengths = np.array([n for _, (_, ns, _) in done for n in ns], dtype=np.int64)
+    owner = np.array([i for i, (_, ns, _) in done for _ in ns], dtype=np.int64)
+    silent = sum(quiet for _, (_, _, quiet) in done)
+    return AudioWindows(inputs, lengths, owner, len(values), 0, failures, {"silent clip": silent} if silent else {})
 
 
 def pool_windows(vectors: np.ndarray, owner: np.ndarray, weights: np.ndarray, rows: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -70,6 +70,18 @@ class Prepared(Protocol):
     rows: int
     truncated: int  # rows cut to the model's maximum input length
     failures: dict[int, str]  # input position -> why preparing it failed (an undecodable image, ...)
+    flags: dict[str, int]  # rows embedded but worth counting, by condition ("silent clip", "imputed value")
+
+
+@dataclass
+class FeatureRows:
+    """A shard's rows as a feature matrix (scipy sparse, one row per input): what fitted embedders prepare."""
+
+    features: Any
+    rows: int
+    truncated: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+    flags: dict[str, int] = field(default_factory=dict)
 
 
 class Embedder(Protocol):

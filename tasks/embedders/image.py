@@ -62,6 +62,7 @@ class ImageBatches:
     rows: int
     failures: dict[int, str] = field(default_factory=dict)
     truncated: int = 0  # images are resized to the model's input, never truncated
+    flags: dict[str, int] = field(default_factory=dict)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -54,6 +54,7 @@ class TokenBatches:
     rows: int
     truncated: int
     failures: dict[int, str] = field(default_factory=dict)  # tokenising text does not fail per row
+    flags: dict[str, int] = field(default_factory=dict)
 
 
 def read_pooling(folder: Path) -> str:

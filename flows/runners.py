@@ -1,0 +1,177 @@
+"""Task runners: where a run's shards execute, chosen per run without changing the flows.
+
+`local` runs the stages in threads of the flow's process (the default). `ray` and `dask` submit every
+stage as a task to a cluster, through prefect-ray and prefect-dask: a cluster the runner starts on
+this machine for the run, or an existing one at `address` (KubeRay, a Dask scheduler). Whatever the
+runner, shards stage their results under the database's `_staging` folder and the flow publishes once.
+
+The flows ask this module for the few things that depend on the engine: how many shards to keep in
+flight, how to hand the plan to the workers once rather than with every task, and what to submit the
+embed stage under so that it, and only it, asks for a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from schemas.config import ConfigError, RunnerConfig, RunnerKind
+from tasks.embedders.registry import PLUGIN_ENV
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+T = TypeVar("T")
+
+# local: enough to overlap one shard's preparation with another's inference, few enough that memory
+# stays a few shards' worth whatever the size of the input.
+LOCAL_IN_FLIGHT = 2
+# cluster: shards in flight per task slot, so a worker that finishes a stage always finds the next one.
+IN_FLIGHT_PER_SLOT = 2
+# What workers must share with the flow's process to load the same models the same way: offline
+# model loading, the Hugging Face cache, tokenizer threads, embedder plugins (only those set are sent).
+WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", PLUGIN_ENV)
+
+
+def local() -> ThreadPoolTaskRunner:
+    """The default runner: threads of the flow's own process."""
+    return ThreadPoolTaskRunner(max_workers=LOCAL_IN_FLIGHT)
+
+
+def worker_env() -> dict[str, str]:
+    """The variables of `WORKER_ENV` this process has, to be set on every worker."""
+    return {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
+
+
+def ray_init_kwargs(spec: RunnerConfig) -> dict[str, Any]:
+    """`ray.init` arguments: the workers' environment; for a cluster started here, its size and no dashboard.
+
+    Ray hides from a task the GPUs it did not ask for only when told to (`RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`);
+    otherwise a CPU stage on a GPU node would see every GPU and load its model there, holding GPU memory
+    it never asked for. `address="local"` starts a new cluster even if another one runs on this machine
+    (plain `ray.init()` would join the last one started here, which may be someone else's).
+    """
+    env = worker_env() | {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    if spec.address is None:
+        kwargs |= {"address": "local", "num_cpus": spec.workers, "include_dashboard": False}
+    return kwargs
+
+
+def dask_cluster_kwargs(spec: RunnerConfig) -> dict[str, Any]:
+    """`distributed.LocalCluster` arguments: one single-threaded worker process per slot, no dashboard.
+
+    Worker processes are spawned from this one, so they inherit its environment (`WORKER_ENV` included).
+    """
+    return {"n_workers": spec.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+
+
+def _engine(kind: RunnerKind) -> ModuleType:
+    """prefect-ray or prefect-dask, imported only when asked for: they are optional extras."""
+    try:
+        return importlib.import_module(f"prefect_{kind}")
+    except ImportError as e:
+        raise ConfigError(f"runner {kind!r} needs the {kind} extra: pip install 'multiembed[{kind}]' ({e})") from None
+
+
+def task_runner(spec: RunnerConfig) -> TaskRunner:
+    """The Prefect task runner for `spec`."""
+    if spec.kind == "ray":
+        return _engine("ray").RayTaskRunner(address=spec.address, init_kwargs=ray_init_kwargs(spec))
+    if spec.kind == "dask":
+        if spec.address is not None:
+            return _engine("dask").DaskTaskRunner(address=spec.address)
+        return _engine("dask").DaskTaskRunner(cluster_kwargs=dask_cluster_kwargs(spec))
+    return local()
+
+
+def with_runner(flow: Flow, spec: RunnerConfig) -> Flow:
+    """`flow` with its stages run where `spec` says."""
+    return flow.with_options(task_runner=task_runner(spec))
+
+
+def current_kind() -> RunnerKind:
+    """The engine of the running flow's task runner."""
+    package = type(FlowRunContext.get().task_runner).__module__.partition(".")[0]
+    return {"prefect_ray": "ray", "prefect_dask": "dask"}.get(package, "local")
+
+
+def _dask_client() -> Any:
+    return FlowRunContext.get().task_runner.client
+
+
+def cluster_resources() -> dict[str, float]:
+    """Task slots (`CPU`) and `GPU`s of the running flow's cluster, as it is now (an autoscaler may add more)."""
+    kind = current_kind()
+    if kind == "ray":
+        import ray
+
+        return {"CPU": ray.cluster_resources().get("CPU", 0), "GPU": ray.cluster_resources().get("GPU", 0)}
+    if kind == "dask":
+        client = _dask_client()
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        return {"CPU": sum(client.nthreads().values()), "GPU": sum(w["resources"].get("GPU", 0) for w in workers)}
+    return {"CPU": float(os.cpu_count() or 1), "GPU": 0.0}
+
+
+def shards_in_flight(spec: RunnerConfig) -> int:
+    """How many shards the flow keeps submitted at once: a fixed few locally, two per slot of a cluster.
+
+    The slots are `spec.workers` when given (for an autoscaling cluster, the size to grow to: it only
+    scales up for work that is waiting), else the cluster's task slots when the run starts.
+    """
+    if current_kind() == "local":
+        return LOCAL_IN_FLIGHT
+    slots = spec.workers or int(cluster_resources()["CPU"])
+    return max(LOCAL_IN_FLIGHT, IN_FLIGHT_PER_SLOT * slots)
+
+
+def gpu_shortfall(gpus_per_task: float) -> str | None:
+    """Why embed tasks asking for `gpus_per_task` GPUs may wait, if the cluster has no GPU to give them yet."""
+    if not gpus_per_task or current_kind() == "local":
+        return None
+    have = cluster_resources()["GPU"]
+    if have >= gpus_per_task:
+        return None
+    return (f"each embed task asks for {gpus_per_task:g} GPU but the {current_kind()} cluster has {have:g} now: "
+            "embed tasks wait until GPU workers join (set runner.gpus_per_embed_task: 0 to embed on CPU)")
+
+
+def share(value: T) -> T:
+    """`value` as tasks should receive it: put in the cluster's object store once (Ray, Dask), so that
+    submitting many tasks does not serialise it again for each; the workers resolve the reference
+    before the task runs. Locally the value itself."""
+    kind = current_kind()
+    if kind == "ray":
+        import ray
+
+        return ray.put(value)
+    if kind == "dask":
+        return _dask_client().scatter(value, hash=False)
+    return value
+
+
+@contextmanager
+def embed_resources(gpus_per_task: float) -> Iterator[None]:
+    """Submit the embed stage under this: on a cluster it asks for `gpus_per_task` GPUs (CPU stages ask for
+    none, so they never hold one). Locally, or with no GPU asked for, nothing changes."""
+    kind = current_kind()
+    if not gpus_per_task or kind == "local":
+        context = nullcontext()
+    elif kind == "ray":
+        from prefect_ray.context import remote_options
+
+        context = remote_options(num_gpus=gpus_per_task)
+    else:
+        import dask
+
+        context = dask.annotate(resources={"GPU": gpus_per_task})
+    with context:
+        yield
