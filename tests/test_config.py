@@ -258,3 +258,44 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = parse_config(valid(), tmp_path)
     with pytest.raises(ValueError):
         config.batch_size = 3  # type: ignore[misc]
+
+
+def test_table_field_takes_columns_and_a_name(tmp_path: Path) -> None:
+    data = valid()
+    data["sources"][0]["fields"].append({"columns": ["price", "city"], "modality": "table", "name": "listing"})
+    data["sources"][1]["fields"].append({"columns": ["price"], "modality": "table", "embedders": ["row-text"]})
+    config = parse_config(data, tmp_path)
+    listing, row = config.sources[0].fields[1], config.sources[1].fields[1]
+    assert (listing.key, listing.inputs) == ("listing", ["price", "city"])
+    assert (row.key, row.inputs) == ("row", ["price"])
+    assert config.sources[0].fields[0].key == "body"
+
+
+@pytest.mark.parametrize(("field", "message"), [
+    ({"column": "price", "modality": "table"}, "a table field lists its input columns under 'columns:'"),
+    ({"columns": ["a", "a"], "modality": "table"}, "columns: a column is listed twice"),
+    ({"columns": ["a"], "modality": "table", "name": "Bad-Name"}, "name: 'Bad-Name' is not allowed"),
+    ({"columns": ["a"], "modality": "text"}, "a text field names its input with 'column:'"),
+    ({"column": "a", "modality": "image", "name": "x"}, "a image field names its input with 'column:'"),
+])
+def test_table_field_mistakes(tmp_path: Path, field: dict, message: str) -> None:
+    data = valid()
+    data["sources"][0]["fields"] = [field]
+    assert message in config_error(data, tmp_path)
+
+
+def test_two_table_fields_need_distinct_names(tmp_path: Path) -> None:
+    data = valid()
+    data["sources"][0]["fields"] = [{"columns": ["a"], "modality": "table"}, {"columns": ["b"], "modality": "table"}]
+    assert "listed twice" in config_error(data, tmp_path)
+    data["sources"][0]["fields"] = [{"columns": ["a"], "modality": "table", "name": "title"}]
+    assert "clash with the id or keep columns" in config_error(data, tmp_path)
+
+
+def test_quality_columns_must_be_kept(tmp_path: Path) -> None:
+    data = valid()
+    data["sources"][0]["quality"] = {"label": "title", "pairs": "pairs.parquet"}
+    quality = parse_config(data, tmp_path).sources[0].quality
+    assert (quality.label, quality.pairs) == ("title", str(tmp_path / "pairs.parquet"))
+    data["sources"][0]["quality"] = {"sensitive": "group"}
+    assert "quality.sensitive: 'group' must be one of the keep columns" in config_error(data, tmp_path)
