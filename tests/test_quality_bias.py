@@ -12,14 +12,11 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
+from test_quality_space import brute_neighbours, cosine
 
 from tasks.quality import bias
 from tasks.quality.bias import gender_bias, gender_direction, group_bias, seat_tests, weat, weat_tests
 from tasks.quality.wordsets import DEFINITIONAL_PAIRS, OCCUPATIONS, SEAT_TEMPLATES, WEAT_TESTS
-
-
-def cosine(a, b) -> float:
-    return sum(p * q for p, q in zip(a, b, strict=True)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
 
 
 def brute_weat(x, y, a, b) -> tuple[float, float, float]:
@@ -152,7 +149,7 @@ def test_group_bias_matches_brute_force():
     x[groups == "f"] += 0.8  # group f sits apart
     labels = rng.integers(0, 3, 60)
     rows = x.tolist()
-    near = [sorted((j for j in range(60) if j != i), key=lambda j: -cosine(rows[i], rows[j]))[:5] for i in range(60)]
+    near = brute_neighbours(x, 5)
     metrics = {m.metric: m for m in group_bias(x, groups, labels, k=5)}
     json.dumps([asdict(m) for m in metrics.values()])
 

@@ -10,16 +10,13 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from scipy import linalg, stats
+from test_quality_space import brute_neighbours, cosine
 
 from tasks.quality.health import anisotropy, effective_rank, health_metrics, spectrum
 
 
 def by_name(metrics):
     return {m.metric: m for m in metrics}
-
-
-def cosine(a, b) -> float:
-    return sum(p * q for p, q in zip(a, b, strict=True)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +92,9 @@ def test_collapse_is_flagged(gaussian):
 
 def test_hubness_matches_brute_force_k_occurrence(gaussian):
     x = gaussian[:70]
-    rows = x.tolist()
-    counts = [0] * len(rows)
-    for i, row in enumerate(rows):
-        for j in sorted((j for j in range(len(rows)) if j != i), key=lambda j: -cosine(row, rows[j]))[:10]:
+    counts = [0] * len(x)
+    for near in brute_neighbours(x, 10):
+        for j in near:
             counts[j] += 1
     m = by_name(health_metrics(x))["hubness_skewness"]
     assert m.value == pytest.approx(stats.skew(counts))

@@ -14,12 +14,9 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from test_quality_space import brute_neighbours
 
 from tasks.quality.labels import cluster_agreement, knn_accuracy, label_metrics, linear_probe_accuracy
-
-
-def cosine(a, b) -> float:
-    return sum(p * q for p, q in zip(a, b, strict=True)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
 
 
 def blobs(n_per_class: int, classes: int, d: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,14 +35,13 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def test_knn_accuracy_matches_a_leave_one_out_loop_with_ties():
     x, _ = blobs(20, 3, 6, spread=4.0, seed=0)  # overlapping classes: votes disagree, some tie
     labels = np.random.default_rng(1).permutation(np.repeat(["a", "b", "c"], 20))
-    rows, correct = x.tolist(), 0
-    for i, row in enumerate(rows):
-        nearest = sorted((j for j in range(len(rows)) if j != i), key=lambda j: -cosine(row, rows[j]))[:4]
+    correct = 0
+    for i, nearest in enumerate(brute_neighbours(x, 4)):
         votes = Counter(labels[j] for j in nearest)
         top = max(votes.values())
         correct += min(c for c, v in votes.items() if v == top) == labels[i]  # ties: smallest label
     m = knn_accuracy(x, labels, k=4)
-    assert m.value == pytest.approx(correct / len(rows))
+    assert m.value == pytest.approx(correct / len(x))
     assert m.threshold == pytest.approx(1 / 3) and m.details["chance"] == pytest.approx(1 / 3)
 
 

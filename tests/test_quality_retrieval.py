@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 from sklearn.metrics import ndcg_score
+from test_quality_space import brute_neighbours, cosine
 
 from tasks.quality import space
 from tasks.quality.retrieval import index_recall, retrieval_metrics, score_correlation
-
-
-def cosine(a, b) -> float:
-    return sum(p * q for p, q in zip(a, b, strict=True)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +32,14 @@ def table():
 
 
 def brute_force(x, ids, queries, relevant, ks=(1, 5, 10)):
-    rows = x.tolist()
     where = {v: i for i, v in enumerate(ids.tolist())}
+    rankings = brute_neighbours(x, len(x) - 1)
     wanted: dict[int, set[int]] = {}
     for q, r in zip(queries.tolist(), relevant.tolist(), strict=True):
         wanted.setdefault(where[q], set()).add(where[r])
     out = {f"recall_at_{k}": [] for k in ks} | {"mrr": [], "ndcg_at_10": []}
     for q, rel in wanted.items():
-        ranking = sorted((j for j in range(len(rows)) if j != q), key=lambda j: -cosine(rows[q], rows[j]))
+        ranking = rankings[q]
         for k in ks:
             out[f"recall_at_{k}"].append(len(rel & set(ranking[:k])) / len(rel))
         out["mrr"].append(1 / (1 + min(ranking.index(j) for j in rel)))

@@ -1,4 +1,4 @@
-"""Exact cosine neighbours and overlaps against brute-force loops."""
+"""Exact cosine neighbours and overlaps against brute-force loops (also the reference the other quality tests use)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from tasks.quality import space
 from tasks.quality.space import cosine_neighbours, neighbour_overlap, unit_rows
 
 
-def brute_neighbours(x: np.ndarray, k: int) -> list[list[int]]:
-    def cos(a, b):
-        return sum(p * q for p, q in zip(a, b, strict=True)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
+def cosine(a, b) -> float:
+    """Cosine similarity of two sequences of numbers, in plain Python."""
+    return sum(p * q for p, q in zip(a, b, strict=True)) / math.sqrt(sum(p * p for p in a) * sum(q * q for q in b))
 
-    rows = x.tolist()
-    return [sorted((j for j in range(len(rows)) if j != i), key=lambda j: -cos(rows[i], rows[j]))[:k]
+
+def brute_neighbours(x: np.ndarray, k: int) -> list[list[int]]:
+    """Each row's k most cosine-similar other rows, most similar first, by sorting every row in Python."""
+    rows = np.asarray(x).tolist()
+    return [sorted((j for j in range(len(rows)) if j != i), key=lambda j: -cosine(rows[i], rows[j]))[:k]
             for i in range(len(rows))]
 
 
