@@ -123,9 +123,10 @@ def feature_drift(
     thresholds: Mapping[str, float] | None = None, severity: Severity = "warn",
 ) -> list[Metric]:
     """`psi:<column>` (0.1 warns, 0.25 gives `severity`) and `ks_p_value:<column>` for each scalar column."""
+    reference, current = np.asarray(reference, float), np.asarray(current, float)
     out = []
     for i, column in enumerate(columns):
-        ref, cur = np.asarray(reference, float)[:, i], np.asarray(current, float)[:, i]
+        ref, cur = reference[:, i], current[:, i]
         ks = stats.ks_2samp(ref[np.isfinite(ref)], cur[np.isfinite(cur)], method="asymp")
         out += [check(f"psi:{column}", psi(ref, cur, bins=bins), "higher", thresholds=thresholds, severity=severity,
                       details={"bins": bins}),

@@ -47,7 +47,7 @@ def retrieval_metrics(
     group, relevant = group[order], r[usable][order]
     bounds = np.searchsorted(group, np.arange(len(queries) + 1))
     unit = unit_rows(vectors)
-    depth = min(max(*ks, ndcg_k), len(unit) - 1)
+    depth = min(max([*ks, ndcg_k]), len(unit) - 1)
     discount = 1 / np.log2(np.arange(2, ndcg_k + 2))
     hits, counts, ranks = [], [], []
     for rows, sims in similarity_blocks(unit[queries], unit, exclude=queries):
