@@ -1,9 +1,10 @@
-"""`multiembed demo`: a small real dataset built offline from what ships with Python, embedded end to end.
+"""`multiembed demo`: small real datasets built offline from what ships with our packages, embedded end to end.
 
-The text is the first paragraph of the docstrings of public functions and classes in a few standard
-library modules, labelled by module: real English prose that every machine has, with a label a later
-evaluation can score against. A handful of deliberately bad rows (null, blank, repeated id, very long)
-show the rejects table and truncation at work.
+Two sources. `docs`: the first paragraph of the docstrings of public functions and classes in a few
+standard library modules, labelled by module: real English prose that every machine has, embedded by
+MiniLM and by the tf-idf baseline. A handful of deliberately bad rows (null, blank, repeated id, very
+long) show the rejects table and truncation at work. `media` (see `demo_media`): all four modalities in
+one source, with a text caption, a digit picture, a sound clip and a wine's measurements per row.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from multiembed.demo_media import build_media
+
 MODULES = ["math", "statistics", "random", "string", "textwrap", "json", "csv", "datetime", "calendar",
            "itertools", "functools", "collections", "os.path", "shutil", "glob", "zipfile", "gzip",
            "hashlib", "base64", "socket", "urllib.parse", "email.utils", "threading", "subprocess"]
 
 CONFIG = """\
-# The demo pipeline: every docstring in raw/docs/*.parquet embedded with the bundled MiniLM model.
+# The demo pipeline: docstrings (text, embedded by MiniLM and the tf-idf baseline), and one source with
+# all four modalities: a caption, a digit picture, a sound clip and a wine's measurements per row.
 database: ./lancedb
 sources:
   - name: docs
@@ -29,8 +33,23 @@ sources:
     fields:
       - column: body
         modality: text
-        embedders: [minilm]
+        embedders: [minilm, tfidf]
     keep: [module, name]
+  - name: media
+    path: raw/media/*.parquet
+    id: item_id
+    fields:
+      - column: caption
+        modality: text
+      - column: picture
+        modality: image
+      - column: clip
+        modality: audio
+      - columns: [alcohol, malic_acid, ash, alcalinity_of_ash, magnesium, total_phenols, flavanoids,
+                  nonflavanoid_phenols, proanthocyanins, color_intensity, hue, od280_od315, proline]
+        modality: table
+        name: wine
+    keep: [digit, sound, cultivar]
 """
 
 QUERIES = ["compute the square root of a number", "split a file path into directory and name",
@@ -75,7 +94,7 @@ def build_dataset(folder: Path) -> int:
     for part, chunk in enumerate([rows[:half], rows[half:] + bad]):
         pq.write_table(pa.Table.from_pylist(chunk, schema=schema), raw / f"part-{part}.parquet", row_group_size=256)
     (folder / "config.yaml").write_text(CONFIG)
-    return len(rows) + len(bad)
+    return len(rows) + len(bad) + build_media(folder, [r["body"] for r in rows])
 
 
 def show_results(folder: Path) -> None:
@@ -109,6 +128,6 @@ def run_demo(directory: str) -> None:
 
     folder = Path(directory).resolve()
     rows = build_dataset(folder)
-    print(f"demo: wrote {rows} rows of Python docstrings to {folder / 'raw' / 'docs'}")
+    print(f"demo: wrote {rows} rows (docstrings; captions, digit pictures, clips and wines) to {folder / 'raw'}")
     backfill(config=str(folder / "config.yaml"))
     show_results(folder)

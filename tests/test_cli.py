@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,17 +92,24 @@ def test_demo_embeds_real_text_offline_and_versions_lists_it(tmp_path: Path, run
     assert "math.sqrt" in result.stdout  # the square-root query finds the square-root docstring
     assert "rows/s" in result.stdout + result.stderr  # progress was shown
     db = lancedb.connect(tmp_path / "demo" / "lancedb")
-    runs = db.open_table("_runs").to_arrow().to_pylist()
-    assert len(runs) == 1
-    run_row = runs[0]
-    assert run_row["rows_read"] == run_row["rows_embedded"] + run_row["rows_unchanged"] + run_row["rows_rejected"]
+    runs = {r["table"]: r for r in db.open_table("_runs").to_arrow().to_pylist()}
+    assert set(runs) == {"docs__body__minilm", "docs__body__tfidf", "media__caption__minilm",
+                         "media__picture__efficientnet-lite0", "media__clip__whisper-tiny", "media__wine__tabular"}
+    for name, r in runs.items():
+        assert r["rows_read"] == r["rows_embedded"] + r["rows_unchanged"] + r["rows_rejected"]
+        assert db.open_table(name).count_rows() == r["rows_embedded"]
+    run_row = runs["docs__body__minilm"]
     assert run_row["rows_rejected"] == 4 and run_row["rows_truncated"] >= 1
-    assert db.open_table("docs__body__minilm").count_rows() == run_row["rows_embedded"]
-    reasons = db.open_table("_rejects").to_arrow()
-    assert sorted(reasons["reason"].to_pylist())[:3] == ["empty text", "id repeated in the input (first at "
-                                                         f"{tmp_path / 'demo' / 'raw' / 'docs' / 'part-0.parquet'} "
-                                                         "row 0)", "null id"]
-    assert pc.sum(pc.equal(reasons["stage"], "validate")).as_py() == 4
+    assert json.loads(runs["media__clip__whisper-tiny"]["flags"]) == {"silent clip": 1}
+    rejects = db.open_table("_rejects").to_arrow()
+    docs = rejects.filter(pc.equal(rejects["table"], "docs__body__minilm"))
+    assert sorted(docs["reason"].to_pylist())[:3] == ["empty text", "id repeated in the input (first at "
+                                                      f"{tmp_path / 'demo' / 'raw' / 'docs' / 'part-0.parquet'} "
+                                                      "row 0)", "null id"]
+    assert pc.sum(pc.equal(docs["stage"], "validate")).as_py() == 4
+    media = {(r["table"], r["stage"]): r["reason"] for r in rejects.to_pylist() if r["source"] == "media"}
+    assert media[("media__picture__efficientnet-lite0", "prepare")].startswith("cannot decode image")
+    assert media[("media__clip__whisper-tiny", "prepare")].startswith("no such file")
 
     listing = run("versions", "demo/config.yaml", "--table", "docs__body__minilm", cwd=tmp_path)
     assert listing.returncode == 0
