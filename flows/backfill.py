@@ -21,7 +21,8 @@ from prefect.futures import PrefectFuture
 
 from flows import runners
 from flows import stages as t
-from schemas.config import RunnerConfig, load_config
+from flows.quality import QualityCheckFailed, run_checks
+from schemas.config import RunnerConfig, SourceConfig, load_config
 from tasks.lock import source_lock
 from tasks.sources import Shard
 from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for
@@ -122,7 +123,24 @@ def embed_sources(config: str, source: str | None, kind: Kind, full: bool = Fals
         key=f"{kind}-summary", table=[{k: str(v) for k, v in r.items()} for r in summary],
         description=f"{kind} run {run.run_id}",
     )
+    check_published(settings.database, [p.source for p in plans], summary, run.run_id, settings.batch_size)
     return summary
+
+
+def check_published(database: str, sources: list[SourceConfig], summary: list[dict], run_id: str,
+                    batch_size: int) -> None:
+    """Run each source's `quality.after` stages on the versions this run published (after every source is
+    published, so a failed check never keeps another source from being embedded)."""
+    failures = []
+    for s in sources:
+        published = {r["table"]: r["version"] for r in summary if r["source"] == s.name and r["published"]}
+        if s.quality.after and published:
+            try:
+                run_checks(database, s, published, s.quality.after, run_id, batch_size)
+            except QualityCheckFailed as e:
+                failures.append(str(e))
+    if failures:
+        raise QualityCheckFailed("; ".join(failures))
 
 
 @flow(name="backfill", task_runner=runners.local())

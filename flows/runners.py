@@ -168,7 +168,9 @@ def embed_resources(gpus_per_task: float) -> Iterator[None]:
     elif kind == "ray":
         from prefect_ray.context import remote_options
 
-        context = remote_options(num_gpus=gpus_per_task)
+        # Ray retires a worker after one GPU task unless told otherwise (max_calls=1 for GPU tasks, against
+        # leaks): it would load the model again for every shard. 0 keeps the worker and its loaded model.
+        context = remote_options(num_gpus=gpus_per_task, max_calls=0)
     else:
         import dask
 

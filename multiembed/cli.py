@@ -68,6 +68,20 @@ def _compact(args: argparse.Namespace) -> None:
     print_compact(_database(args), args.retention, args.table)
 
 
+def _quality(stage: str) -> Callable[[argparse.Namespace], None]:
+    """Run one quality stage (evaluate, bias, drift) as a flow and print its metrics."""
+
+    def run(args: argparse.Namespace) -> None:
+        load_config(args.config)
+        from flows.quality import print_metrics, quality
+
+        rows = quality(config=str(args.config), stages=[stage], source=args.source, table=args.table,
+                       as_of=args.as_of, reference=getattr(args, "reference", None))
+        print_metrics(rows)
+
+    return run
+
+
 def _dashboard(args: argparse.Namespace) -> None:
     from multiembed.dashboard import print_dashboard
 
@@ -151,6 +165,17 @@ def parser() -> argparse.ArgumentParser:
                    help="keep versions younger than this: 7d, 12h, 30m, 0s (default: %(default)s); "
                         "tagged versions and the latest are always kept; readers still on a removed version fail")
     c.add_argument("--table", help="only this table (default: every table)")
+
+    for stage, summary in (("evaluate", "score each table version: health, labels, retrieval (to _metrics)"),
+                           ("bias", "bias checks: WEAT, SEAT, gender direction, per-group gaps (to _metrics)"),
+                           ("drift", "drift between a reference version and this one (to _metrics)")):
+        qc = _command(sub, stage, summary, _quality(stage))
+        qc.add_argument("--source", help="only this source's tables (default: all)")
+        qc.add_argument("--table", help="only this table (default: every table of the config)")
+        qc.add_argument("--as-of", metavar="V|TAG|TIME", help="the version to check (default: the latest)")
+        if stage == "drift":
+            qc.add_argument("--reference", metavar="V|TAG|TIME",
+                            help="the version to compare with (default: the one the previous run published)")
 
     dash = _command(sub, "dashboard", "write a self-contained HTML dashboard of runs, rejects, quality and embeddings",
                     _dashboard)

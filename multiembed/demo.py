@@ -35,6 +35,9 @@ sources:
         modality: text
         embedders: [minilm, tfidf]
     keep: [module, name]
+    quality:
+      label: module
+      after: [evaluate, bias, drift]
   - name: media
     path: raw/media/*.parquet
     id: item_id
@@ -43,13 +46,18 @@ sources:
         modality: text
       - column: picture
         modality: image
+        label: digit
       - column: clip
         modality: audio
+        label: sound
       - columns: [alcohol, malic_acid, ash, alcalinity_of_ash, magnesium, total_phenols, flavanoids,
                   nonflavanoid_phenols, proanthocyanins, color_intensity, hue, od280_od315, proline]
         modality: table
         name: wine
+        label: cultivar
     keep: [digit, sound, cultivar]
+    quality:
+      after: [evaluate]
 """
 
 QUERIES = ["compute the square root of a number", "split a file path into directory and name",

@@ -43,6 +43,9 @@ class FieldConfig(_Strict):
     embedders: list[str] | None = Field(
         default=None, min_length=1, description="Embedder names; the modality's default if omitted."
     )
+    label: str | None = Field(
+        default=None, description="keep column with this field's class label for evaluation (default: quality.label)"
+    )
 
     @model_validator(mode="after")
     def _inputs(self) -> FieldConfig:
@@ -150,10 +153,11 @@ class SourceConfig(_Strict):
             raise ValueError(f"keep: {sorted(reserved)} are names the embedding table uses itself")
         if len(set(self.keep)) != len(self.keep):
             raise ValueError("keep: a column is listed twice")
-        for key in ("label", "sensitive"):
-            column = getattr(self.quality, key)
+        wanted = {f"quality.{k}": getattr(self.quality, k) for k in ("label", "sensitive")}
+        wanted |= {f"fields.{f.key}.label": f.label for f in self.fields}
+        for key, column in wanted.items():
             if column is not None and column not in self.keep:
-                raise ValueError(f"quality.{key}: {column!r} must be one of the keep columns {self.keep}")
+                raise ValueError(f"{key}: {column!r} must be one of the keep columns {self.keep}")
         seen = [f.key for f in self.fields]
         if len(set(seen)) != len(seen):
             raise ValueError("fields: a column (or table field name) is listed twice; list several embedders on one "

@@ -1,0 +1,201 @@
+"""The quality stages over embedding table versions: evaluate, bias and drift, as `_metrics` rows.
+
+Each stage reads a seeded sample of one table version (the same ids for every table of a source, so a
+neural embedder and its baseline are scored on the same rows), runs the statistics of this package and
+returns `Metric`s; `metric_rows` turns them into `_metrics` rows. Plain functions: the flows wire them
+after each backfill or refresh and on demand (`multiembed evaluate|bias|drift`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.config import ConfigError, SourceConfig
+from schemas.tables import METRICS_SCHEMA, METRICS_TABLE, embedding_metadata
+from tasks import write
+from tasks.embedders import registry
+from tasks.quality import bias, drift, health, labels, retrieval
+from tasks.quality.metric import Metric, Severity
+
+Stage = Literal["evaluate", "bias", "drift"]
+SEED = 0
+INDEX_QUERIES = 100  # sampled queries for a vector index's recall@10 against exact search
+
+
+@dataclass(frozen=True)
+class VersionSample:
+    """A seeded sample of one table version: ids, vectors and the kept columns the checks use."""
+
+    table: str
+    version: int
+    rows: int  # rows in the version
+    ids: pa.Array
+    vectors: np.ndarray
+    columns: dict[str, np.ndarray]
+    metadata: dict[str, str]
+
+
+Checked = tuple[VersionSample, list[Metric]]  # the sample a stage read, and its metrics
+
+
+def _dataset(database: str, table: str, version: int | None):  # noqa: ANN202 (lance.LanceDataset)
+    dataset = lancedb.connect(database).open_table(table).to_lance()
+    return dataset if version is None else dataset.checkout_version(version)
+
+
+def read_sample(database: str, table: str, version: int | None, columns: list[str], size: int,
+                extra_ids: pa.Array | None = None) -> VersionSample:
+    """Up to `size` rows of a version, chosen by a seeded draw over its sorted ids (so tables with the same
+    ids give the same rows), plus the rows of `extra_ids`. Streams the version once; holds the sample only."""
+    dataset = _dataset(database, table, version)
+    ids = dataset.to_table(columns=["id"])["id"].combine_chunks()
+    ordered = pc.take(ids, pc.sort_indices(ids))
+    picked = np.sort(np.random.default_rng(SEED).choice(len(ordered), size=min(size, len(ordered)), replace=False))
+    wanted = pc.take(ordered, pa.array(picked))
+    if extra_ids is not None:
+        wanted = pa.concat_arrays([wanted, extra_ids.cast(wanted.type)]).unique()
+    kept = [c for c in columns if c in dataset.schema.names]
+    parts = [b.filter(pc.is_in(b["id"], value_set=wanted))
+             for b in dataset.to_batches(columns=["id", "vector", *kept])]
+    schema = pa.schema([dataset.schema.field(c) for c in ["id", "vector", *kept]])
+    data = pa.Table.from_batches(parts, schema=schema)
+    vectors = data["vector"].combine_chunks()
+    dim = vectors.type.list_size
+    return VersionSample(
+        table=table, version=dataset.version, rows=len(ids), ids=data["id"].combine_chunks(),
+        vectors=vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(data), dim),
+        columns={c: data[c].to_numpy() for c in kept}, metadata=embedding_metadata(dataset.schema),
+    )
+
+
+def read_pairs(path: str) -> pa.Table:
+    """Configured pairs: (query, relevant) ids, or (a, b, score) for scored similarity."""
+    pairs = pq.read_table(path)
+    if {"query", "relevant"} <= set(pairs.column_names) or {"a", "b", "score"} <= set(pairs.column_names):
+        return pairs
+    raise ConfigError(f"{path}: pairs need columns (query, relevant) or (a, b, score); it has {pairs.column_names}")
+
+
+def index_recall(database: str, table: str, sample: VersionSample, severity: Severity,
+                 thresholds: dict[str, float]) -> list[Metric]:
+    """A vector index's recall@10 against exact search, on sampled queries (nothing without an index)."""
+    handle = lancedb.connect(database).open_table(table)
+    if not any(i.index_type.startswith(("IVF", "HNSW")) for i in handle.list_indices()):
+        return []
+    queries = sample.vectors[: INDEX_QUERIES]
+    approx = [handle.search(q).limit(10).select(["id"]).to_arrow()["id"].to_pylist() for q in queries]
+    exact = [handle.search(q).limit(10).bypass_vector_index().select(["id"]).to_arrow()["id"].to_pylist()
+             for q in queries]
+    return [retrieval.index_recall(np.array(exact, dtype=object), np.array(approx, dtype=object),
+                                   thresholds=thresholds, severity=severity)]
+
+
+def evaluate(database: str, source: SourceConfig, table: str, version: int | None, label: str | None) -> Checked:
+    """Health of the vectors; with a `label` column, kNN / probe / clustering; with pairs, retrieval; index
+    recall."""
+    q = source.quality
+    pairs = read_pairs(q.pairs) if q.pairs else None
+    extra = None
+    if pairs is not None:
+        extra = pa.concat_arrays([pairs[c].combine_chunks() for c in pairs.column_names if c != "score"])
+    sample = read_sample(database, table, version, [label] if label else [], q.sample, extra)
+    opts = {"thresholds": q.thresholds, "severity": q.on_fail}
+    metrics = health.health_metrics(sample.vectors, seed=SEED, **opts)
+    if label:
+        metrics += labels.label_metrics(sample.vectors, sample.columns[label].astype(str), seed=SEED, **opts)
+    if pairs is not None:
+        ids = sample.ids.to_numpy(zero_copy_only=False)
+        if "query" in pairs.column_names:
+            metrics += retrieval.retrieval_metrics(sample.vectors, ids, pairs["query"].to_numpy(),
+                                                   pairs["relevant"].to_numpy(), **opts)
+        else:
+            metrics.append(retrieval.score_correlation(sample.vectors, ids, pairs["a"].to_numpy(),
+                                                       pairs["b"].to_numpy(), pairs["score"].to_numpy(), **opts))
+    return sample, metrics + index_recall(database, table, sample, q.on_fail, q.thresholds)
+
+
+def table_embedder(sample: VersionSample, batch_size: int) -> registry.Embedder | None:
+    """The pretrained text model that made a version, or None: not text, fitted on the corpus (association
+    tests need a model that knows the test words), or the configured model no longer matches the version."""
+    meta = sample.metadata
+    if meta.get("modality") != "text" or registry.is_fitted("text", meta["embedder"]):
+        return None
+    embedder = registry.load_embedder("text", meta["embedder"], batch_size)
+    return embedder if embedder.info.metadata() == meta else None
+
+
+def bias_checks(database: str, source: SourceConfig, table: str, version: int | None,
+                batch_size: int) -> Checked:
+    """Text: WEAT, SEAT and the gender direction with the version's model; any modality with a sensitive
+    column: per-group gaps."""
+    q = source.quality
+    sample = read_sample(database, table, version, [c for c in (q.sensitive, q.label) if c], q.sample)
+    opts = {"thresholds": q.thresholds, "severity": q.on_fail}
+    metrics: list[Metric] = []
+    embedder = table_embedder(sample, batch_size)
+    if embedder is not None:
+        def embed(texts: list[str]) -> np.ndarray:
+            return embedder.embed(embedder.prepare(pa.array(texts, pa.large_string()), ""))
+
+        metrics += bias.weat_tests(embed, seed=SEED, **opts) + bias.seat_tests(embed, seed=SEED, **opts)
+        metrics.append(bias.gender_bias(embed, **opts))
+    if q.sensitive:
+        groups = sample.columns[q.sensitive].astype(str)
+        label_values = sample.columns[q.label].astype(str) if q.label else None
+        metrics += bias.group_bias(sample.vectors, groups, label_values, seed=SEED, **opts)
+    return sample, metrics
+
+
+def drift_checks(database: str, source: SourceConfig, table: str, version: int | None,
+                 reference: int) -> Checked:
+    """Between a reference version and this one: the drift statistics when one model made both; when the
+    models differ, the overlap of each row's 10 nearest neighbours under the old and the new model."""
+    q = source.quality
+    current = read_sample(database, table, version, [], q.sample)
+    old = read_sample(database, table, reference, [], q.sample)
+    opts = {"thresholds": q.thresholds, "severity": q.on_fail}
+    if old.metadata == current.metadata:
+        return current, drift.drift_metrics(old.vectors, current.vectors, seed=SEED, **opts)
+    common, in_old, in_new = np.intersect1d(old.ids.to_numpy(zero_copy_only=False),
+                                            current.ids.to_numpy(zero_copy_only=False), return_indices=True)
+    if len(common) < 11:
+        return current, [Metric("knn_overlap", None, None, "ok", {"reason": "fewer than 11 rows in common"})]
+    return current, [drift.knn_overlap(old.vectors[in_old], current.vectors[in_new], seed=SEED, **opts)]
+
+
+def metric_rows(run_id: str, stage: Stage, sample: VersionSample, metrics: list[Metric],
+                reference: int | None = None) -> list[dict]:
+    """`_metrics` rows for the metrics of one stage over one table version."""
+    now = datetime.now(UTC)
+    return [{
+        "run_id": run_id, "table": sample.table, "version": sample.version, "reference_version": reference,
+        "stage": stage, "metric": m.metric, "value": m.value, "threshold": m.threshold, "status": m.status,
+        "details": json.dumps({"rows": sample.rows, "sampled": len(sample.ids), **m.details}, default=float),
+        "computed_at": now,
+    } for m in metrics]
+
+
+def record_metrics(database: str, rows: list[dict]) -> None:
+    """Append a run's metric rows to `_metrics` in one version."""
+    if rows:
+        write.append(lancedb.connect(database), METRICS_TABLE, METRICS_SCHEMA,
+                     pa.Table.from_pylist(rows, schema=METRICS_SCHEMA))
+
+
+def previous_version(database: str, table: str, version: int) -> int | None:
+    """The version the last run before `version` published for `table` (from `_runs`), if any."""
+    runs = write.open_table(lancedb.connect(database), "_runs")
+    if runs is None:
+        return None
+    rows = runs.search().where(f"\"table\" = '{table}' AND published AND version < {int(version)}") \
+        .select(["version"]).limit(None).to_arrow()
+    return pc.max(rows["version"]).as_py() if rows.num_rows else None

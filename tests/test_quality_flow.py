@@ -1,0 +1,110 @@
+"""The quality stages wired into the flows: `_metrics` rows after backfill and refresh, on demand, and failing.
+
+The statistics themselves are tested against independent computations in tests/test_quality_*.py; here
+the question is whether the right table versions are checked, compared and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import write_config, write_parquet
+
+from flows.backfill import backfill, refresh
+from flows.quality import QualityCheckFailed, quality
+from schemas.tables import METRICS_SCHEMA, METRICS_TABLE
+from tasks.quality.stages import read_sample
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+SCHEMA = pa.schema([("id", pa.int64()), ("body", pa.string()), ("topic", pa.string()), ("price", pa.float64())])
+TOPICS = {"rivers": ["river", "water", "fish", "boat", "stream", "bank"],
+          "money": ["money", "loan", "credit", "account", "bank", "rates"]}
+
+
+def rows(n: int, offset: int = 0) -> list[dict]:
+    rng = np.random.default_rng(offset)
+    out = []
+    for i in range(offset, offset + n):
+        topic = list(TOPICS)[i % 2]
+        out.append({"id": i, "body": " ".join(rng.choice(TOPICS[topic], 8)), "topic": topic,
+                    "price": float(rng.normal(100 if topic == "money" else 10, 5))})
+    return out
+
+
+def project(tmp_path: Path, data: list[dict], quality_config: dict) -> Path:
+    write_parquet(tmp_path / "raw" / "part-0.parquet", data, SCHEMA, row_group_size=64)
+    fields = [{"column": "body", "modality": "text", "embedders": ["fake", "tfidf"]},
+              {"columns": ["price"], "modality": "table", "name": "deal"}]
+    return write_config(tmp_path, [{"name": "docs", "path": "raw", "id": "id", "fields": fields, "keep": ["topic"],
+                                    "quality": {"label": "topic", "sample": 100, **quality_config}}])
+
+
+def metrics(tmp_path: Path) -> list[dict]:
+    return lancedb.connect(str(tmp_path / "lancedb")).open_table(METRICS_TABLE).to_arrow().to_pylist()
+
+
+def test_checks_run_after_each_run_on_the_published_versions(tmp_path: Path) -> None:
+    cfg = project(tmp_path, rows(200), {"after": ["evaluate", "drift"]})
+    backfill(config=str(cfg))
+    first = metrics(tmp_path)
+    tables = {"docs__body__fake", "docs__body__tfidf", "docs__deal__tabular"}
+    assert {(r["table"], r["version"], r["stage"]) for r in first} == {(t, 1, "evaluate") for t in tables}
+    assert len({r["run_id"] for r in first}) == 1
+    by_metric = {(r["table"], r["metric"]): r for r in first}
+    assert by_metric[("docs__body__tfidf", "knn_accuracy")]["value"] > 0.9  # topics are separable by their words
+    assert 0.3 < by_metric[("docs__body__fake", "knn_accuracy")]["value"] < 0.7  # hash vectors know no topics
+    assert json.loads(by_metric[("docs__body__fake", "anisotropy")]["details"])["rows"] == 200
+
+    # A refresh with a new topic mix publishes version 2 of every table: evaluated and compared with version 1.
+    data = rows(200)[:150] + [{**r, "topic": "money"} for r in rows(50, offset=1000) if r["topic"] == "money"]
+    project(tmp_path, data, {"after": ["evaluate", "drift"]})
+    refresh(config=str(cfg))
+    second = [r for r in metrics(tmp_path) if r["run_id"] not in {x["run_id"] for x in first}]
+    drift = [r for r in second if r["stage"] == "drift"]
+    assert {(r["table"], r["version"], r["reference_version"]) for r in drift} == {(t, 2, 1) for t in tables}
+    assert {r["metric"] for r in drift if r["table"] == "docs__body__fake"} == {
+        "mmd_p_value", "domain_classifier_auc", "drifted_components_share", "centroid_cosine_distance", "drift"}
+
+
+def test_on_demand_versions_and_a_model_change(tmp_path: Path) -> None:
+    data = rows(120)
+    cfg = project(tmp_path, data, {"after": []})
+    backfill(config=str(cfg))
+    project(tmp_path, [{**r, "price": r["price"] * 3} for r in data], {"after": []})
+    backfill(config=str(cfg), refit=True)  # a new tabular state: a new model for docs__deal__tabular
+    rows_out = quality(config=str(cfg), stages=["drift"], table="docs__deal__tabular", reference="1")
+    assert [(r["metric"], r["version"], r["reference_version"]) for r in rows_out] == [("knn_overlap", 2, 1)]
+    assert 0 <= rows_out[0]["value"] <= 1
+    old = quality(config=str(cfg), stages=["evaluate"], table="docs__body__tfidf", as_of="1")
+    assert {r["version"] for r in old} == {1}
+    assert not any(r["stage"] == "drift" for r in quality(config=str(cfg), stages=["drift"], table="docs__body__fake"))
+
+
+def test_a_failed_check_fails_the_flow_when_the_source_asks_and_is_recorded(tmp_path: Path) -> None:
+    cfg = project(tmp_path, rows(100), {"after": ["evaluate"], "on_fail": "fail",
+                                        "thresholds": {"anisotropy": -1.0}})  # every space fails this one
+    with pytest.raises(QualityCheckFailed, match="docs__body__fake:anisotropy"):
+        backfill(config=str(cfg))
+    recorded = metrics(tmp_path)
+    assert {r["status"] for r in recorded if r["metric"] == "anisotropy"} == {"fail"}
+    assert lancedb.connect(str(tmp_path / "lancedb")).open_table("docs__body__fake").count_rows() == 100
+    assert lancedb.connect(str(tmp_path / "lancedb")).open_table(METRICS_TABLE).schema == METRICS_SCHEMA
+
+    project(tmp_path, rows(100), {"after": ["evaluate"], "thresholds": {"anisotropy": -1.0}})  # on_fail: warn
+    quality(config=str(cfg), stages=["evaluate"], table="docs__body__fake")
+    assert {r["status"] for r in metrics(tmp_path) if r["metric"] == "anisotropy"} == {"fail", "warn"}
+
+
+def test_tables_with_the_same_ids_are_sampled_on_the_same_rows(tmp_path: Path) -> None:
+    cfg = project(tmp_path, rows(300), {"after": []})
+    backfill(config=str(cfg))
+    db = str(tmp_path / "lancedb")
+    a, b = (read_sample(db, t, None, ["topic"], 50) for t in ("docs__body__fake", "docs__body__tfidf"))
+    assert len(a.ids) == 50 and sorted(a.ids.to_pylist()) == sorted(b.ids.to_pylist())
+    assert read_sample(db, "docs__body__fake", None, [], 50).ids.to_pylist() == a.ids.to_pylist()  # seeded
