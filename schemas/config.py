@@ -148,7 +148,7 @@ class SourceConfig(_Strict):
     def _distinct_columns(self) -> SourceConfig:
         if self.id in self.keep:
             raise ValueError(f"keep: {self.id!r} is the id column, which every table has already")
-        reserved = {"id", "content_hash", "vector"} & set(self.keep)
+        reserved = {"id", "content_hash", "vector", "input_stats"} & set(self.keep)
         if reserved:
             raise ValueError(f"keep: {sorted(reserved)} are names the embedding table uses itself")
         if len(set(self.keep)) != len(self.keep):

@@ -77,16 +77,25 @@ def table_name(source: str, column: str, embedder: str) -> str:
     return f"{source}__{column}__{safe}"
 
 
+INPUT_STATS = "input_stats"
+
+
 def embedding_schema(
-    id_type: pa.DataType, dim: int, keep: list[pa.Field], metadata: dict[str, str]
+    id_type: pa.DataType, dim: int, keep: list[pa.Field], metadata: dict[str, str], stats: tuple[str, ...] = ()
 ) -> pa.Schema:
-    """Schema of an embedding table; `metadata` says what produced the vectors (self-describing)."""
+    """Schema of an embedding table; `metadata` says what produced the vectors (self-describing).
+
+    `stats` name the input statistics kept per row (`input_stats`: what the model saw, such as a text's
+    tokens or an image's size), which input drift compares between versions.
+    """
     fields = [
         pa.field("id", id_type, nullable=False),
         pa.field("content_hash", pa.string(), nullable=False),
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         *keep,
     ]
+    if stats:
+        fields.append(pa.field(INPUT_STATS, pa.struct([pa.field(n, pa.float64()) for n in stats])))
     return pa.schema(fields, metadata={METADATA_PREFIX + k: v for k, v in metadata.items()})
 
 

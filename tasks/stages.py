@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.config import SourceConfig
-from schemas.tables import embedding_metadata, embedding_schema, table_name
+from schemas.tables import INPUT_STATS, embedding_metadata, embedding_schema, table_name
 from tasks import fitted, sources, write
 from tasks import validate as checks
 from tasks.diff import TableDiff, diff_table
@@ -82,7 +82,8 @@ class ShardFigures:
 def _spec(layout: sources.SourceLayout, source: SourceConfig, spec: TableSpec, info: EmbedderInfo) -> TableSpec:
     """The spec with the schema and fingerprint of the loaded embedder's `info`."""
     keep = [layout.schema.field(c) for c in source.keep]
-    schema = embedding_schema(layout.schema.field(source.id).type, info.dim, keep, info.metadata())
+    stats = registry.modality(spec.modality).stat_names(layout.schema.field(spec.column).type)
+    schema = embedding_schema(layout.schema.field(source.id).type, info.dim, keep, info.metadata(), stats)
     return replace(spec, schema=schema, fingerprint=info.fingerprint())
 
 
@@ -205,12 +206,27 @@ def embed(plan: SourcePlan, spec: TableSpec, prepared: Prepared) -> np.ndarray:
     return embedder_of(plan, spec).embed(prepared)
 
 
+def input_stats(plan: SourcePlan, spec: TableSpec, values: pa.Array, prepared: Prepared) -> pa.StructArray:
+    """What the model saw, per row (the table's `input_stats`): statistics read off the values by the
+    modality, and those the embedder measured while preparing; NaN where one was not measured."""
+    modality = registry.modality(spec.modality)
+    measured = dict(modality.describe(values, embedder_of(plan, spec)) if modality.describe else {})
+    measured |= getattr(prepared, "stats", {})
+    fields = list(spec.schema.field(INPUT_STATS).type)
+    missing = np.full(len(values), np.nan)
+    return pa.StructArray.from_arrays([pa.array(measured.get(f.name, missing), pa.float64()) for f in fields],
+                                      fields=fields)
+
+
 def stage(
     plan: SourcePlan, spec: TableSpec, shard: sources.Shard, checked: dict[str, checks.Checked],
     prepared: Prepared, vectors: np.ndarray, staging: write.Staging,
 ) -> ShardFigures:
     """Write stage (per shard): stage the vectors and every reject, then mark the shard done for the table."""
     work = checked[spec.name]
+    if INPUT_STATS in spec.schema.names:
+        stats = input_stats(plan, spec, work.kept[spec.column].combine_chunks(), prepared)
+        work = replace(work, kept=work.kept.append_column(INPUT_STATS, stats))
     kept, unprepared = checks.split_failures(work.kept, prepared.failures, plan.source.id, spec.column, shard.file)
     ok = np.ones(len(vectors), dtype=bool)
     ok[list(prepared.failures)] = False

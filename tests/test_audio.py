@@ -462,3 +462,14 @@ def test_hf_folder_without_an_audio_feature_extractor_is_a_load_error(tmp_path: 
               ).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError):
         HFAudioEmbedder("hf:bert", hf.resolve_local(tmp_path), 4)
+
+
+def test_decoding_measures_duration_and_loudness_and_counts_silent_clips(logmel: LogMel) -> None:
+    clips = [encode(tone(440, 1.5)), encode(np.zeros(8000, np.float32)), b"junk", encode(tone(440, 2.0) / 10)]
+    values = pa.array(clips, pa.large_binary())
+    prepared = logmel.prepare(values)
+    assert list(prepared.failures) == [2] and prepared.flags == {"silent clip": 1}
+    np.testing.assert_allclose(prepared.stats["seconds"][[0, 1, 3]], [1.5, 0.5, 2.0], atol=1e-3)
+    expected = 20 * np.log10(np.sqrt(np.mean(tone(440, 1.5) ** 2)))  # about -13.5 dBFS
+    np.testing.assert_allclose(prepared.stats["loudness_dbfs"][[0, 3]], [expected, expected - 20], atol=0.05)
+    assert prepared.stats["loudness_dbfs"][1] < -150 and np.isnan(prepared.stats["seconds"][2])

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from sklearn.datasets import load_iris, load_wine
 from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
 
 from tasks import fitted
 from tasks.embedders import registry, tabular, tfidf

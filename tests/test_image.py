@@ -51,7 +51,7 @@ def two_halves(size: tuple[int, int] = (48, 32)) -> Image.Image:
 def decode_values(values: list, base_dir: str = "", max_pixels: int = MAX_PIXELS
                   ) -> tuple[list[np.ndarray], list[int], dict[int, str]]:
     """Decode to full-size RGB arrays (no model preprocessing, no JPEG draft)."""
-    items, positions, failures = decode_all(pa.array(values), base_dir, np.asarray, max_pixels, 1 << 20)
+    items, positions, failures, _ = decode_all(pa.array(values), base_dir, np.asarray, max_pixels, 1 << 20)
     return items, positions.tolist(), failures
 
 
@@ -422,3 +422,13 @@ def test_hf_unsupported_or_incomplete_models_fail_to_load(tmp_path: Path) -> Non
     ConvNextImageProcessorPil().save_pretrained(tmp_path / "cnn")
     with pytest.raises(ModelLoadError, match="model type 'convnext' is not a supported image model"):
         HFImageEmbedder("hf:x", hf.resolve_local(tmp_path / "cnn"), 2)
+
+
+def test_decoding_measures_size_and_brightness_of_what_the_model_sees() -> None:
+    dark, light = Image.new("RGB", (40, 30), (20, 20, 20)), Image.new("L", (10, 70), 230)
+    values = [encode(dark, "PNG"), b"not an image", encode(light, "JPEG")]
+    _, positions, failures, stats = decode_all(pa.array(values), "", np.asarray, MAX_PIXELS, 1 << 20)
+    assert positions.tolist() == [0, 2] and list(failures) == [1]
+    assert stats["width"][[0, 2]].tolist() == [40, 10] and stats["height"][[0, 2]].tolist() == [30, 70]
+    assert np.isnan([stats[k][1] for k in stats]).all()
+    np.testing.assert_allclose(stats["brightness"][[0, 2]], [20 / 255, 230 / 255], atol=0.01)

@@ -68,8 +68,17 @@ def test_checks_run_after_each_run_on_the_published_versions(tmp_path: Path) -> 
     second = [r for r in metrics(tmp_path) if r["run_id"] not in {x["run_id"] for x in first}]
     drift = [r for r in second if r["stage"] == "drift"]
     assert {(r["table"], r["version"], r["reference_version"]) for r in drift} == {(t, 2, 1) for t in tables}
-    assert {r["metric"] for r in drift if r["table"] == "docs__body__fake"} == {
-        "mmd_p_value", "domain_classifier_auc", "drifted_components_share", "centroid_cosine_distance", "drift"}
+    vector_drift = {"mmd_p_value", "domain_classifier_auc", "drifted_components_share", "centroid_cosine_distance",
+                    "drift"}
+    # input drift on what the models saw: text length for any text embedder, the number columns of a table
+    assert {r["metric"] for r in drift if r["table"] == "docs__body__fake"} == vector_drift | {
+        "psi:characters", "ks_p_value:characters"}
+    assert {r["metric"] for r in drift if r["table"] == "docs__deal__tabular"} == vector_drift | {
+        "psi:price", "ks_p_value:price"}
+    table = lancedb.connect(str(tmp_path / "lancedb")).open_table("docs__deal__tabular").to_arrow()
+    prices = dict(zip(table["id"].to_pylist(), table["input_stats"].combine_chunks().field("price").to_pylist(),
+                      strict=True))
+    assert prices == {r["id"]: r["price"] for r in data}
 
 
 def test_on_demand_versions_and_a_model_change(tmp_path: Path) -> None:
@@ -79,8 +88,11 @@ def test_on_demand_versions_and_a_model_change(tmp_path: Path) -> None:
     project(tmp_path, [{**r, "price": r["price"] * 3} for r in data], {"after": []})
     backfill(config=str(cfg), refit=True)  # a new tabular state: a new model for docs__deal__tabular
     rows_out = quality(config=str(cfg), stages=["drift"], table="docs__deal__tabular", reference="1")
-    assert [(r["metric"], r["version"], r["reference_version"]) for r in rows_out] == [("knn_overlap", 2, 1)]
-    assert 0 <= rows_out[0]["value"] <= 1
+    assert [(r["metric"], r["version"], r["reference_version"]) for r in rows_out] == [
+        ("psi:price", 2, 1), ("ks_p_value:price", 2, 1), ("knn_overlap", 2, 1)]  # no vector drift across models
+    by_metric = {r["metric"]: r for r in rows_out}
+    assert 0 <= by_metric["knn_overlap"]["value"] <= 1
+    assert by_metric["psi:price"]["status"] != "ok" and by_metric["ks_p_value:price"]["value"] < 1e-6  # prices x3
     old = quality(config=str(cfg), stages=["evaluate"], table="docs__body__tfidf", as_of="1")
     assert {r["version"] for r in old} == {1}
     assert not any(r["stage"] == "drift" for r in quality(config=str(cfg), stages=["drift"], table="docs__body__fake"))

@@ -56,7 +56,8 @@ Inputs = dict[str, Any]  # one window's model inputs (arrays, or Trimmed ones), 
 # --- modality -------------------------------------------------------------------------------------
 
 
-AUDIO = media_modality("audio", default_embedder="whisper-tiny")
+AUDIO_STATS = ("seconds", "loudness_dbfs")  # measured while decoding (see `_file_windows`)
+AUDIO = media_modality("audio", default_embedder="whisper-tiny", stats=AUDIO_STATS)
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class AudioWindows:
     truncated: int = 0  # windows cover whole clips: nothing is cut
     failures: dict[int, str] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)  # "silent clip": clips embedded although silent
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # seconds, loudness_dbfs per input (NaN: failed)
 
 
 @dataclass(frozen=True)
@@ -235,11 +237,12 @@ def pad_to(samples: np.ndarray, size: int) -> np.ndarray:
     return samples if len(samples) >= size else np.pad(samples, (0, size - len(samples)))
 
 
-FileWindows = tuple[list[Inputs], list[int], bool]
+FileWindows = tuple[list[Inputs], list[int], bool, float]  # inputs, lengths, silent, RMS loudness in dBFS
 
 
 def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWindows | str:
-    """One file's window inputs, real lengths and whether it is silent, or the reason it cannot be decoded.
+    """One file's window inputs, real lengths, whether it is silent and its loudness, or the reason it cannot
+    be decoded.
 
     Windows are turned into model inputs a few at a time, so raw samples of at most a few windows
     are held at once.
@@ -247,10 +250,11 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWin
     inputs: list[Inputs] = []
     lengths: list[int] = []
     group: list[np.ndarray] = []
-    peak = 0.0
+    peak = energy = 0.0
     try:
         for samples in decode_windows(value, base_dir, spec.rate, spec.window):
             peak = max(peak, float(np.abs(samples).max(initial=0.0)))
+            energy += float(np.dot(samples, samples))
             lengths.append(len(samples))
             group.append(pad_to(samples, spec.min_samples))
             if len(group) == 4:
@@ -260,7 +264,10 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWin
         return str(e)
     if group:
         inputs += spec.featurize(group)
-    return (inputs, lengths, peak < SILENCE_PEAK) if lengths else "audio has no samples (zero length)"
+    if not lengths:
+        return "audio has no samples (zero length)"
+    rms = np.sqrt(energy / max(sum(lengths), 1))
+    return inputs, lengths, peak < SILENCE_PEAK, float(20 * np.log10(max(rms, 1e-10)))
 
 
 def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWindows:
@@ -278,11 +285,15 @@ def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWi
         results = list(pool.map(one, range(len(values))))
     failures = {i: r for i, r in enumerate(results) if isinstance(r, str)}
     done = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
-    inputs = [x for _, (xs, _, _) in done for x in xs]
-    lengths = np.array([n for _, (_, ns, _) in done for n in ns], dtype=np.int64)
-    owner = np.array([i for i, (_, ns, _) in done for _ in ns], dtype=np.int64)
-    silent = sum(quiet for _, (_, _, quiet) in done)
-    return AudioWindows(inputs, lengths, owner, len(values), 0, failures, {"silent clip": silent} if silent else {})
+    inputs = [x for _, (xs, _, _, _) in done for x in xs]
+    lengths = np.array([n for _, (_, ns, _, _) in done for n in ns], dtype=np.int64)
+    owner = np.array([i for i, (_, ns, _, _) in done for _ in ns], dtype=np.int64)
+    silent = sum(quiet for _, (_, _, quiet, _) in done)
+    stats = {name: np.full(len(values), np.nan) for name in AUDIO_STATS}
+    for i, (_, ns, _, loudness) in done:
+        stats["seconds"][i], stats["loudness_dbfs"][i] = sum(ns) / spec.rate, loudness
+    return AudioWindows(inputs, lengths, owner, len(values), 0, failures, {"silent clip": silent} if silent else {},
+                        stats)
 
 
 def pool_windows(vectors: np.ndarray, owner: np.ndarray, weights: np.ndarray, rows: int) -> np.ndarray:

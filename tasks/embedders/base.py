@@ -36,6 +36,10 @@ class Modality:
     # Per row: null if the value can be embedded, else why not (these rows go to `_rejects`).
     reasons: Callable[[pa.Array], pa.Array]
     default_embedder: str
+    # Input statistics kept per row (`input_stats`) for input drift: their names for a column of this type;
+    # `describe` computes those read off the values with the embedder (the rest come from `Prepared.stats`).
+    stat_names: Callable[[pa.DataType], tuple[str, ...]] = lambda _: ()
+    describe: Callable[[pa.Array, Any], dict[str, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Prepared(Protocol):
     truncated: int  # rows cut to the model's maximum input length
     failures: dict[int, str]  # input position -> why preparing it failed (an undecodable image, ...)
     flags: dict[str, int]  # rows embedded but worth counting, by condition ("silent clip", "imputed value")
+    # Optional `stats`: input statistics measured while preparing (an image's size), per input position.
 
 
 @dataclass

@@ -50,7 +50,8 @@ EFFICIENTNET_MEAN, EFFICIENTNET_STD = 127.0, 128.0
 CLS_POOLED = frozenset({"vit", "deit", "dinov2", "dinov2_with_registers"})
 
 
-IMAGE = media_modality("image", default_embedder="efficientnet-lite0")
+IMAGE_STATS = ("width", "height", "brightness")  # measured while decoding (see `decode`)
+IMAGE = media_modality("image", default_embedder="efficientnet-lite0", stats=IMAGE_STATS)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ImageBatches:
     failures: dict[int, str] = field(default_factory=dict)
     truncated: int = 0  # images are resized to the model's input, never truncated
     flags: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # width, height, brightness per input (NaN: failed)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -76,8 +78,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode(value: bytes | str, base_dir: str, preprocess: Callable[[Image.Image], Any],
-           max_pixels: int, min_side: int) -> Any:
-    """One value to the model's input: open, check size, decode the first frame upright in RGB, preprocess.
+           max_pixels: int, min_side: int) -> tuple[Any, tuple[float, float, float]]:
+    """One value to the model's input, with its statistics (width, height, mean brightness in 0-1): open,
+    check size, decode the first frame upright in RGB, preprocess.
 
     JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
     DRAFT_MARGIN x `min_side` (the largest side the model's preprocessing resizes to).
@@ -89,7 +92,9 @@ def decode(value: bytes | str, base_dir: str, preprocess: Callable[[Image.Image]
                 raise MediaError(f"image has {pixels} pixels, over the limit of {max_pixels}")
             image.draft(None, (DRAFT_MARGIN * min_side,) * 2)  # JPEG only; a no-op for other formats
             ImageOps.exif_transpose(image, in_place=True)  # loads the first frame of an animation
-            return preprocess(to_rgb(image))
+            rgb = to_rgb(image)
+            brightness = np.asarray(rgb.convert("L").resize((32, 32), Image.Resampling.BOX)).mean() / 255
+            return preprocess(rgb), (float(image.width), float(image.height), float(brightness))
     except MediaError:
         raise
     except UnidentifiedImageError:
@@ -107,15 +112,20 @@ def decode_or_reason(value: bytes | str, **kwargs: Any) -> Any:
 
 
 def decode_all(values: pa.Array, base_dir: str, preprocess: Callable[[Image.Image], Any], max_pixels: int,
-               min_side: int) -> tuple[list[Any], np.ndarray, dict[int, str]]:
-    """Decode and preprocess every value in a thread pool: (outputs, their input positions, failures)."""
+               min_side: int) -> tuple[list[Any], np.ndarray, dict[int, str], dict[str, np.ndarray]]:
+    """Decode and preprocess every value in a thread pool: (outputs, their input positions, failures, input
+    statistics per input position)."""
     work = partial(decode_or_reason, base_dir=base_dir, preprocess=preprocess, max_pixels=max_pixels,
                    min_side=min_side)
     with ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode") as pool:
         outcomes = list(pool.map(work, values.to_pylist()))
     failures = {i: str(o) for i, o in enumerate(outcomes) if isinstance(o, MediaError)}
     positions = np.array([i for i in range(len(outcomes)) if i not in failures], dtype=np.int64)
-    return [outcomes[i] for i in positions], positions, failures
+    measured = np.full((len(outcomes), len(IMAGE_STATS)), np.nan)
+    if len(positions):
+        measured[positions] = [outcomes[i][1] for i in positions]
+    stats = {name: measured[:, k] for k, name in enumerate(IMAGE_STATS)}
+    return [outcomes[i][0] for i in positions], positions, failures, stats
 
 
 def center_crop_resize(image: Image.Image, size: int, padding: int) -> np.ndarray:
@@ -154,9 +164,10 @@ class ImageEmbedder(ABC):
 
     def prepare(self, values: pa.Array, base_dir: str = "") -> ImageBatches:
         """Decode and preprocess in threads; the images that decode are grouped into batches in input order."""
-        items, positions, failures = decode_all(values, base_dir, self.preprocess, self.max_pixels, self.min_side)
+        items, positions, failures, stats = decode_all(values, base_dir, self.preprocess, self.max_pixels,
+                                                       self.min_side)
         batches = [self.collate(items[s : s + self.batch_size]) for s in range(0, len(items), self.batch_size)]
-        return ImageBatches(batches, positions, len(values), failures)
+        return ImageBatches(batches, positions, len(values), failures, stats=stats)
 
     def embed(self, prepared: ImageBatches) -> np.ndarray:
         """Pooled, L2-normalised vectors in input order; failed rows are left at zero."""

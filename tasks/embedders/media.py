@@ -43,8 +43,9 @@ def media_reasons(noun: str, values: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_null(values), pa.scalar(f"null {noun}"), reasons)
 
 
-def media_modality(name: str, default_embedder: str) -> Modality:
-    """A modality of encoded files (`name`: image, audio), embedded by `default_embedder` unless configured."""
+def media_modality(name: str, default_embedder: str, stats: tuple[str, ...]) -> Modality:
+    """A modality of encoded files (`name`: image, audio), embedded by `default_embedder` unless configured;
+    `stats` name the input statistics its embedders measure while decoding (`Prepared.stats`)."""
     return Modality(
         name=name,
         expected=f"encoded {name} bytes (binary) or paths (string)",
@@ -52,6 +53,7 @@ def media_modality(name: str, default_embedder: str) -> Modality:
         storage=media_storage,
         reasons=lambda values: media_reasons(name, values),
         default_embedder=default_embedder,
+        stat_names=lambda _: stats,
     )
 
 

@@ -51,6 +51,16 @@ def table_reasons(values: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_null(values), pa.scalar("null row"), reasons)
 
 
+def numeric_columns(value_type: pa.DataType) -> tuple[str, ...]:
+    """The row's number and boolean columns: the input statistics of a table field are their values."""
+    return tuple(f.name for f in value_type if not is_text_type(f.type))
+
+
+def table_stats(values: pa.StructArray, embedder: object) -> dict[str, np.ndarray]:
+    """The numeric columns' values (NaN where missing), for per-column input drift."""
+    return {name: _numbers(values.field(name)) for name in numeric_columns(values.type)}
+
+
 TABLE = Modality(
     name="table",
     expected="numbers, booleans or strings in every listed column",
@@ -58,6 +68,8 @@ TABLE = Modality(
     storage=storage,
     reasons=table_reasons,
     default_embedder="tabular",
+    stat_names=numeric_columns,
+    describe=table_stats,
 )
 
 

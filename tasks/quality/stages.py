@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.config import ConfigError, SourceConfig
-from schemas.tables import METRICS_SCHEMA, METRICS_TABLE, embedding_metadata
+from schemas.tables import INPUT_STATS, METRICS_SCHEMA, METRICS_TABLE, embedding_metadata
 from tasks import write
 from tasks.embedders import registry
 from tasks.quality import bias, drift, health, labels, retrieval
@@ -73,8 +73,20 @@ def read_sample(database: str, table: str, version: int | None, columns: list[st
     return VersionSample(
         table=table, version=dataset.version, rows=len(ids), ids=data["id"].combine_chunks(),
         vectors=vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(data), dim),
-        columns={c: data[c].to_numpy() for c in kept}, metadata=embedding_metadata(dataset.schema),
+        columns=_flat_columns(data.select(kept)), metadata=embedding_metadata(dataset.schema),
     )
+
+
+def _flat_columns(data: pa.Table) -> dict[str, np.ndarray]:
+    """Columns as numpy arrays; a struct column (`input_stats`) as one array per field, `<column>.<field>`."""
+    out = {}
+    for name in data.column_names:
+        column = data[name].combine_chunks()
+        if pa.types.is_struct(column.type):
+            out |= {f"{name}.{f.name}": column.field(f.name).to_numpy(zero_copy_only=False) for f in column.type}
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
 
 
 def read_pairs(path: str) -> pa.Table:
@@ -157,19 +169,35 @@ def bias_checks(database: str, source: SourceConfig, table: str, version: int | 
 
 def drift_checks(database: str, source: SourceConfig, table: str, version: int | None,
                  reference: int) -> Checked:
-    """Between a reference version and this one: the drift statistics when one model made both; when the
-    models differ, the overlap of each row's 10 nearest neighbours under the old and the new model."""
+    """Between a reference version and this one: input drift on what the models saw (PSI and KS per input
+    statistic), and the drift statistics of the vectors when one model made both; when the models differ,
+    the overlap of each row's 10 nearest neighbours under the old and the new model instead."""
     q = source.quality
-    current = read_sample(database, table, version, [], q.sample)
-    old = read_sample(database, table, reference, [], q.sample)
+    current = read_sample(database, table, version, [INPUT_STATS], q.sample)
+    old = read_sample(database, table, reference, [INPUT_STATS], q.sample)
     opts = {"thresholds": q.thresholds, "severity": q.on_fail}
+    inputs = input_drift(old, current, opts)
     if old.metadata == current.metadata:
-        return current, drift.drift_metrics(old.vectors, current.vectors, seed=SEED, **opts)
+        return current, inputs + drift.drift_metrics(old.vectors, current.vectors, seed=SEED, **opts)
     common, in_old, in_new = np.intersect1d(old.ids.to_numpy(zero_copy_only=False),
                                             current.ids.to_numpy(zero_copy_only=False), return_indices=True)
     if len(common) < 11:
-        return current, [Metric("knn_overlap", None, None, "ok", {"reason": "fewer than 11 rows in common"})]
-    return current, [drift.knn_overlap(old.vectors[in_old], current.vectors[in_new], seed=SEED, **opts)]
+        return current, inputs + [Metric("knn_overlap", None, None, "ok", {"reason": "fewer than 11 rows in common"})]
+    return current, inputs + [drift.knn_overlap(old.vectors[in_old], current.vectors[in_new], seed=SEED, **opts)]
+
+
+def input_drift(old: VersionSample, current: VersionSample, opts: dict) -> list[Metric]:
+    """`psi:<stat>` and `ks_p_value:<stat>` for each input statistic both versions measured."""
+    prefix = INPUT_STATS + "."
+    def measured(sample: VersionSample, column: str) -> bool:
+        return column in sample.columns and bool(np.isfinite(sample.columns[column].astype(float)).any())
+
+    names = [c for c in current.columns if c.startswith(prefix) and measured(current, c) and measured(old, c)]
+    if not names:
+        return []
+    ref = np.column_stack([old.columns[c].astype(float) for c in names])
+    cur = np.column_stack([current.columns[c].astype(float) for c in names])
+    return drift.feature_drift(ref, cur, [c[len(prefix):] for c in names], **opts)
 
 
 def metric_rows(run_id: str, stage: Stage, sample: VersionSample, metrics: list[Metric],
