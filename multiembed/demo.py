@@ -13,6 +13,7 @@ import importlib
 import inspect
 from pathlib import Path
 
+import lancedb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -107,8 +108,6 @@ def build_dataset(folder: Path) -> int:
 
 def show_results(folder: Path) -> None:
     """Print where the results are, and answer a few queries against the new table."""
-    import lancedb
-
     from schemas.config import load_config
     from tasks.embedders.registry import load_embedder
 
@@ -116,7 +115,9 @@ def show_results(folder: Path) -> None:
     table = lancedb.connect(config.database).open_table("docs__body__minilm")
     embedder = load_embedder("text", "minilm", config.batch_size)
     vectors = embedder.embed(embedder.prepare(pa.array(QUERIES, pa.large_string())))
-    print(f"\nResults in {config.database} (tables: docs__body__minilm, _runs, _rejects)\n")
+    print(f"\nResults in {config.database} (an embedding table per field and embedder, _runs, _rejects, _metrics)")
+    show_quality(lancedb.connect(config.database))
+    print()
     for query, vector in zip(QUERIES, vectors, strict=True):
         hits = table.search(vector).metric("cosine").limit(3).select(["module", "name", "_distance"]).to_list()
         print(f"query: {query!r}")
@@ -127,7 +128,19 @@ Query it yourself:
   python -c "import lancedb; t = lancedb.connect('{config.database}').open_table('docs__body__minilm'); \\
 print(t.to_polars().head(5).collect())"
   multiembed versions {folder / 'config.yaml'}
-Rejected rows and why: lancedb.connect('{config.database}').open_table('_rejects').to_polars().collect()""")
+Rejected rows and why: lancedb.connect('{config.database}').open_table('_rejects').to_polars().collect()
+  multiembed dashboard {folder / 'config.yaml'} --out {folder / 'dashboard'}   (then open index.html)""")
+
+
+def show_quality(db: lancedb.DBConnection) -> None:
+    """Each table's neighbour agreement with its label (from `_metrics`), against chance, and checks not ok."""
+    metrics = db.open_table("_metrics").to_arrow().to_pylist()
+    print("\nNearest neighbours sharing the label (kNN accuracy; chance in brackets):")
+    for m in sorted((m for m in metrics if m["metric"] == "knn_accuracy"), key=lambda m: m["table"]):
+        print(f"  {m['table']:40} {m['value']:.2f}  ({m['threshold']:.2f})")
+    flagged = [m for m in metrics if m["status"] != "ok"]
+    print(f"Quality checks: {len(metrics)} metrics, {len(flagged)} not ok"
+          + "".join(f"\n  {m['status']}: {m['table']} {m['metric']} = {m['value']:.3g}" for m in flagged))
 
 
 def run_demo(directory: str) -> None:

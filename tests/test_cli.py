@@ -107,6 +107,12 @@ def test_demo_embeds_real_text_offline_and_versions_lists_it(tmp_path: Path, run
                                                       f"{tmp_path / 'demo' / 'raw' / 'docs' / 'part-0.parquet'} "
                                                       "row 0)", "null id"]
     assert pc.sum(pc.equal(docs["stage"], "validate")).as_py() == 4
+    metrics = db.open_table("_metrics").to_arrow().to_pylist()
+    knn = {m["table"]: m["value"] for m in metrics if m["metric"] == "knn_accuracy"}
+    assert knn["docs__body__minilm"] > knn["docs__body__tfidf"] > 0.3  # the neural model beats its baseline
+    assert knn["media__wine__tabular"] > 0.8 and knn["media__clip__whisper-tiny"] > 0.8
+    assert {m["stage"] for m in metrics if m["table"] == "docs__body__minilm"} == {"evaluate", "bias"}
+    assert "Nearest neighbours sharing the label" in result.stdout
     media = {(r["table"], r["stage"]): r["reason"] for r in rejects.to_pylist() if r["source"] == "media"}
     assert media[("media__picture__efficientnet-lite0", "prepare")].startswith("cannot decode image")
     assert media[("media__clip__whisper-tiny", "prepare")].startswith("no such file")

@@ -64,7 +64,7 @@ def health_metrics(
     thresholds: Mapping[str, float] | None = None,
     severity: Severity = "warn",
 ) -> list[Metric]:
-    """All label-free checks of `vectors` (n, d); `top_k` defaults to the top tenth of the dimensions.
+    """All label-free checks of `vectors` (n, d); `top_k` defaults to the top tenth of min(n - 1, d).
 
     Returns only `nonfinite_share` when fewer than two rows are finite.
     """
@@ -92,9 +92,9 @@ def health_metrics(
 
     s = spectrum(x)
     rank = effective_rank(s)
-    top_k = top_k or math.ceil(d / 10)
-    variance = s**2
-    most = min(n - 1, d)
+    most = min(n - 1, d)  # the most dimensions the sample can span
+    top_k = top_k or math.ceil(most / 10)  # a tenth of what the sample can span: with fewer rows than dimensions,
+    variance = s**2  # a tenth of the dimensions would hold all the variance of any space
     out += [judged("effective_rank", rank, dimensions=d, most=most),
             judged("effective_rank_ratio", rank / most, "lower", effective_rank=rank, most=most),
             judged("top_k_variance_share", variance[:top_k].sum() / variance.sum() if variance.sum() else 1.0,

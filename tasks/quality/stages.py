@@ -23,6 +23,7 @@ from schemas.config import ConfigError, SourceConfig
 from schemas.tables import INPUT_STATS, METRICS_SCHEMA, METRICS_TABLE, embedding_metadata
 from tasks import write
 from tasks.embedders import registry
+from tasks.embedders.base import ModelLoadError
 from tasks.quality import bias, drift, health, labels, retrieval
 from tasks.quality.metric import Metric, Severity
 
@@ -141,7 +142,10 @@ def table_embedder(sample: VersionSample, batch_size: int) -> registry.Embedder 
     meta = sample.metadata
     if meta.get("modality") != "text" or registry.is_fitted("text", meta["embedder"]):
         return None
-    embedder = registry.load_embedder("text", meta["embedder"], batch_size)
+    try:
+        embedder = registry.load_embedder("text", meta["embedder"], batch_size)
+    except ModelLoadError:  # an embedder this installation does not have (any more)
+        return None
     return embedder if embedder.info.metadata() == meta else None
 
 
