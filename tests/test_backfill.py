@@ -85,7 +85,11 @@ def test_table_holds_ids_keep_columns_unit_vectors_and_self_description(project:
     backfill(config=str(project / "config.yaml"))
     table = open_db(project).open_table("reviews__body__fake")
     data = table.to_arrow()
-    assert data.column_names == ["id", "content_hash", "vector", "label"]
+    assert data.column_names == ["id", "content_hash", "vector", "label", "input_stats"]
+    stats = data["input_stats"].combine_chunks()
+    assert stats.type == pa.struct([(n, pa.float64()) for n in ("characters", "tokens", "unknown_token_rate")])
+    assert pc.min(stats.field("characters")).as_py() >= 1
+    assert stats.field("tokens").null_count == 0 and pc.all(pc.is_nan(stats.field("tokens"))).as_py()  # no tokenizer
     assert data.schema.field("vector").type == pa.list_(pa.float32(), 8)
     assert sorted(data["id"].to_pylist()) == list(range(1, 31)) + [103]
     first = data.filter(pc.equal(data["id"], 3)).to_pylist()[0]

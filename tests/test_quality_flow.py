@@ -12,8 +12,10 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 from conftest import write_config, write_parquet
+from lancedb.index import IvfFlat
 
 from flows.backfill import backfill, refresh
 from flows.quality import QualityCheckFailed, quality
@@ -120,3 +122,21 @@ def test_tables_with_the_same_ids_are_sampled_on_the_same_rows(tmp_path: Path) -
     a, b = (read_sample(db, t, None, ["topic"], 50) for t in ("docs__body__fake", "docs__body__tfidf"))
     assert len(a.ids) == 50 and sorted(a.ids.to_pylist()) == sorted(b.ids.to_pylist())
     assert read_sample(db, "docs__body__fake", None, [], 50).ids.to_pylist() == a.ids.to_pylist()  # seeded
+
+
+def test_pairs_give_retrieval_metrics_and_an_index_its_recall(tmp_path: Path) -> None:
+    data = rows(300)
+    for i in range(4):  # each query's relevant row repeats its text; one pair names an id the table lacks
+        data[100 + i] = {**data[100 + i], "body": data[i]["body"]}
+    pairs = tmp_path / "pairs.parquet"
+    pa.parquet.write_table(pa.table({"query": [0, 1, 2, 3, 5], "relevant": [100, 101, 102, 103, 99999]}), pairs)
+    cfg = project(tmp_path, data, {"after": [], "pairs": "pairs.parquet"})
+    backfill(config=str(cfg))
+    handle = lancedb.connect(str(tmp_path / "lancedb")).open_table("docs__body__tfidf")
+    handle.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=2))
+    out = {r["metric"]: r for r in quality(config=str(cfg), stages=["evaluate"], table="docs__body__tfidf")}
+    assert {"recall_at_1", "recall_at_5", "recall_at_10", "mrr", "ndcg_at_10", "index_recall_at_10"} <= set(out)
+    details = json.loads(out["mrr"]["details"])
+    assert (details["queries"], details["pairs_missing"]) == (4, 1)
+    assert out["recall_at_1"]["value"] == out["mrr"]["value"] == 1.0  # the same text is the nearest
+    assert 0 < out["index_recall_at_10"]["value"] <= 1

@@ -102,12 +102,18 @@ def index_recall(database: str, table: str, sample: VersionSample, severity: Sev
                  thresholds: dict[str, float]) -> list[Metric]:
     """A vector index's recall@10 against exact search, on sampled queries (nothing without an index)."""
     handle = lancedb.connect(database).open_table(table)
-    if not any(i.index_type.startswith(("IVF", "HNSW")) for i in handle.list_indices()):
+    index = next((i for i in handle.list_indices() if i.columns == ["vector"]
+                  and i.index_type.lower().startswith(("ivf", "hnsw"))), None)
+    if index is None:
         return []
+    metric = (index.index_details or {}).get("metric_type", "l2").lower()
     queries = sample.vectors[: INDEX_QUERIES]
-    approx = [handle.search(q).limit(10).select(["id"]).to_arrow()["id"].to_pylist() for q in queries]
-    exact = [handle.search(q).limit(10).bypass_vector_index().select(["id"]).to_arrow()["id"].to_pylist()
-             for q in queries]
+
+    def search(q: np.ndarray, exact: bool) -> list:
+        query = handle.search(q).distance_type(metric).limit(10).select(["id"])
+        return (query.bypass_vector_index() if exact else query).to_arrow()["id"].to_pylist()
+
+    approx, exact = ([search(q, e) for q in queries] for e in (False, True))
     return [retrieval.index_recall(np.array(exact, dtype=object), np.array(approx, dtype=object),
                                    thresholds=thresholds, severity=severity)]
 
