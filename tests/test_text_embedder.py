@@ -48,6 +48,58 @@ def test_minilm_matches_sentence_transformers_on_every_row(english: list[str]) -
     assert prepared.truncated == sum(len(ids) > 256 for ids in full) >= 3
 
 
+def test_prepare_keeps_each_texts_tokens_and_statistics(english: list[str]) -> None:
+    embedder = registry.load_embedder("text", "minilm", 32)
+    values = pa.array(english, pa.large_string())
+    prepared = embedder.prepare(values)
+    expected = embedder.tokenizer(english, truncation=True, max_length=256)["input_ids"]
+    assert prepared.lengths.tolist() == [len(ids) for ids in expected]
+    offsets = prepared.offsets
+    for i in (0, 17, len(english) - 1):
+        assert prepared.ids[offsets[i] : offsets[i] + prepared.lengths[i]].tolist() == expected[i]
+    from tasks.embedders.text import text_stats
+
+    described = text_stats(values, embedder)
+    np.testing.assert_array_equal(prepared.stats["tokens"], described["tokens"])
+    np.testing.assert_allclose(prepared.stats["unknown_token_rate"], described["unknown_token_rate"])
+
+
+def test_a_rows_vector_does_not_depend_on_its_order_or_batch(english: list[str]) -> None:
+    embedder = registry.load_embedder("text", "minilm", 16)
+    assert embedder.model.pooler is None  # BERT's pooler layer is unused by mean pooling: dropped
+    texts = english[:120]
+    vectors = embedder.embed(embedder.prepare(pa.array(texts, pa.large_string())))
+    order, cuts = embedder.batches(embedder.prepare(pa.array(texts, pa.large_string())))
+    assert len({stop - start for start, stop in cuts}) > 1  # token budget: not one fixed row count
+    shuffle = np.random.default_rng(0).permutation(len(texts))
+    shuffled = embedder.embed(embedder.prepare(pa.array([texts[i] for i in shuffle], pa.large_string())))
+    assert cosine_rows(shuffled, vectors[shuffle]).min() >= 0.9999
+    alone = embedder.embed(embedder.prepare(pa.array(texts[5:6], pa.large_string())))
+    assert cosine_rows(alone, vectors[5:6]).min() >= 0.9999
+
+
+def test_a_simulated_out_of_memory_halves_the_batch_and_gives_the_same_vectors(english: list[str],
+                                                                               monkeypatch) -> None:
+    import torch
+
+    embedder = registry.load_embedder("text", "minilm", 32)
+    prepared = embedder.prepare(pa.array(english[:100], pa.large_string()))
+    expected = embedder.embed(prepared)
+    forward, sizes = embedder.model.forward, []
+
+    def small_memory(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        sizes.append(rows)
+        if rows > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(embedder.model, "forward", small_memory)
+    got = embedder.embed(prepared)
+    assert max(sizes) > 8 and max(s for s in sizes if s <= 8) <= 8
+    assert cosine_rows(got, expected).min() >= 0.9999
+
+
 def test_minilm_describes_itself() -> None:
     info = registry.load_embedder("text", "minilm", 32).info
     assert (info.model_id, info.dim, info.pooling, info.normalize, info.max_tokens) == (
@@ -108,7 +160,9 @@ def test_revision_of_a_folder_changes_with_its_weights(tiny_bert: Path, tmp_path
 def test_unknown_names_and_unreachable_models_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"unknown text embedder 'nope'; choose from .*'minilm'.*hf:"):
         registry.check_embedder("text", "nope")
-    with pytest.raises(ModelLoadError, match="modality 'table' is not supported yet"):
+    with pytest.raises(ModelLoadError, match="modality 'video' is not supported yet"):
+        registry.check_embedder("video", "minilm")
+    with pytest.raises(ModelLoadError, match=r"unknown table embedder 'minilm'; choose from \['row-text', 'tabular'\]"):
         registry.check_embedder("table", "minilm")
     with pytest.raises(ModelLoadError, match="unknown audio embedder 'minilm'; choose from .*'logmel'"):
         registry.check_embedder("audio", "minilm")

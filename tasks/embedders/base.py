@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from multiembed import PIPELINE_VERSION
+from tasks.embedders.batching import halving, prefetch
 
 
 class ModelLoadError(ValueError):
@@ -114,15 +116,20 @@ B = TypeVar("B")
 
 
 def run_batches(batches: Iterable[B], positions: np.ndarray, rows: int, dim: int,
-                forward: Callable[[B], torch.Tensor]) -> np.ndarray:
+                forward: Callable[[B], torch.Tensor], prefetch_depth: int = 2) -> np.ndarray:
     """The encode loop every embedder shares: `forward` each batch under `inference_mode` and write its
     vectors to their input positions (`positions[i]` is where the i-th batched item goes; rows that were
-    not batched stay zero)."""
+    not batched stay zero).
+
+    Batches are produced `prefetch_depth` ahead in a background thread (a generator of batches builds
+    the next ones while the model runs), and a batch that runs out of accelerator memory is halved and
+    retried (`batching.halving`).
+    """
     out = np.zeros((rows, dim), dtype=np.float32)
-    start = 0
-    with torch.inference_mode():
-        for batch in batches:
-            vectors = forward(batch).float().cpu().numpy()
+    start, step = 0, halving(forward)
+    with torch.inference_mode(), closing(prefetch(batches, prefetch_depth)) as ready:
+        for batch in ready:
+            vectors = step(batch).float().cpu().numpy()
             out[positions[start : start + len(vectors)]] = vectors
             start += len(vectors)
     return out

@@ -1,8 +1,17 @@
 """Text: checks, tokenisation (prepare) and transformer inference with the model's own pooling (embed).
 
-The encode loop follows sentence-transformers' recipe (sort by length, slice batches, tokenise with
-the fast tokenizer, `inference_mode`, pool, normalise, restore order), so its vectors match
-`SentenceTransformer.encode(..., normalize_embeddings=True)` for the same model.
+The encode loop follows sentence-transformers' recipe (sort by length, batch, `inference_mode`, pool,
+normalise, restore order), so its vectors match `SentenceTransformer.encode(..., normalize_embeddings=True)`
+for the same model, and improves on it where that is free:
+- rows are sorted by their token count (not their character count), and batches are cut by a token
+  budget (`batching.budget_batches`), not a fixed row count: short texts go in many-row batches and long
+  ones in few-row batches, with almost no padding (on the demo's docstrings sentence-transformers' batches
+  are ~38% padding, these ~6%);
+- `prepare` tokenises a shard once, into flat token ids (memory in proportion to the real tokens); `embed`
+  pads each batch in a background thread (`batching.prefetch`) while the model runs the previous one;
+- the BERT-style pooler layer, which no pooling here uses, is dropped;
+- on a GPU, batches are pinned and copied without blocking, and a batch that runs out of memory is halved
+  and retried (`batching.halving`); `@int8`, `@fp16` and `@bf16` select a precision (`quantize`).
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from tasks.embedders import quantize
 from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError, run_batches
+from tasks.embedders.batching import budget_batches
 from tasks.embedders.hf import ModelRef
 from tasks.sources import is_text_type
 
@@ -70,16 +81,31 @@ TEXT = Modality(
 )
 
 
+# A batch holds at most batch_size x BUDGET_TOKENS_PER_ROW padded tokens, and at most
+# batch_size x MAX_ROWS_FACTOR rows (see `TextEmbedder.embed`).
+BUDGET_TOKENS_PER_ROW = 64
+MAX_ROWS_FACTOR = 4
+
+
 @dataclass
 class TokenBatches:
-    """Tokenised, length-sorted batches; `order[i]` is the input position of sorted row i."""
+    """A shard's texts as token ids, in input order: row i is `ids[offsets[i] : offsets[i] + lengths[i]]`.
 
-    batches: list[dict[str, torch.Tensor]]
-    order: np.ndarray
+    Batches are cut and padded only when embedding, so what travels between stages (and, on a cluster,
+    between workers) is the real tokens, not padding.
+    """
+
+    ids: np.ndarray  # int32, every row's tokens (special tokens included, after truncation), concatenated
+    lengths: np.ndarray  # int64, tokens per row
     rows: int
     truncated: int
     failures: dict[int, str] = field(default_factory=dict)  # tokenising text does not fail per row
     flags: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # tokens and unknown-token share per row
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
 
 
 def read_pooling(folder: Path) -> str:
@@ -122,48 +148,95 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class TextEmbedder:
-    """A Hugging Face transformer encoder with its fast tokenizer and pooling."""
+    """A Hugging Face transformer encoder with its fast tokenizer and pooling, at a chosen precision."""
 
-    def __init__(self, name: str, ref: ModelRef, batch_size: int = 64) -> None:
+    def __init__(self, name: str, ref: ModelRef, batch_size: int = 64, precision: str = quantize.DEFAULT) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(ref.folder)
         if not self.tokenizer.is_fast:
             raise ModelLoadError(f"{ref.model_id}: no fast tokenizer (tokenizer.json) in the model folder")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModel.from_pretrained(
-            ref.folder, trust_remote_code=False, use_safetensors=ref.has_safetensors
-        ).to(self.device).eval()
+        cuda = torch.cuda.is_available() and not quantize.runs_on_cpu_only(precision)
+        self.device = torch.device("cuda" if cuda else "cpu")
+        model = AutoModel.from_pretrained(
+            ref.folder, trust_remote_code=False, use_safetensors=ref.has_safetensors,
+            dtype=quantize.DTYPES[precision],
+        )
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # BERT-style dense layer over the first token: no pooling here uses it
+        if precision == quantize.INT8:
+            model = quantize.quantize_int8(model)
+        self.model = model.to(self.device).eval()
         config = self.model.config
         pooling = read_pooling(ref.folder)
         max_tokens = read_max_tokens(
             ref.folder, self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)
         )
         self.batch_size = batch_size
+        self.token_budget = batch_size * BUDGET_TOKENS_PER_ROW
+        self.max_rows = batch_size * MAX_ROWS_FACTOR
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.token_types = "token_type_ids" in self.tokenizer.model_input_names
         self.info = EmbedderInfo(
             name=name, modality="text", model_id=ref.model_id, revision=ref.revision,
             dim=int(config.hidden_size), pooling=pooling, normalize=True, max_tokens=max_tokens,
+            precision=precision,
         )
 
     def prepare(self, values: pa.Array, base_dir: str = "") -> TokenBatches:
-        """Sort by length (long first, as sentence-transformers does) and tokenise batch by batch."""
-        order = np.argsort(-pc.utf8_length(values).to_numpy(zero_copy_only=False), kind="stable")
-        texts = values.take(pa.array(order)).to_pylist()
-        batches, truncated = [], 0
-        for start in range(0, len(texts), self.batch_size):
-            encoded = self.tokenizer(
-                texts[start : start + self.batch_size], padding=True, truncation=True,
-                max_length=self.info.max_tokens, return_tensors="pt",
-            )
-            truncated += sum(1 for e in encoded.encodings if e.overflowing)
-            batches.append(dict(encoded))
-        return TokenBatches(batches, order, len(texts), truncated)
+        """Tokenise every text once (truncated to the model's limit) into flat ids; count what was cut."""
+        if not len(values):
+            return TokenBatches(np.zeros(0, np.int32), np.zeros(0, np.int64), 0, 0)
+        limit = self.info.max_tokens
+        encoded = self.tokenizer(values.to_pylist(), truncation=True, max_length=limit, padding=True,
+                                 return_tensors="np", return_token_type_ids=False)
+        mask = encoded["attention_mask"].astype(bool)
+        ids = encoded["input_ids"]
+        lengths = mask.sum(axis=1).astype(np.int64)
+        unknown = ((ids == self.tokenizer.unk_token_id) & mask).sum(axis=1)
+        stats = {"tokens": lengths.astype(np.float64), "unknown_token_rate": unknown / np.maximum(lengths, 1)}
+        return TokenBatches(ids[mask].astype(np.int32), lengths, len(values), self._truncated(values, lengths),
+                            stats=stats)
+
+    def _truncated(self, values: pa.Array, lengths: np.ndarray) -> int:
+        """Rows whose full token count is over the limit: only rows at the limit can be, and only those
+        are tokenised again, untruncated."""
+        at_limit = np.flatnonzero(lengths >= self.info.max_tokens)
+        if not len(at_limit):
+            return 0
+        full = self.tokenizer(values.take(pa.array(at_limit)).to_pylist(), truncation=False, verbose=False,
+                              return_length=True, return_attention_mask=False, return_token_type_ids=False)
+        return int((np.asarray(full["length"]) > self.info.max_tokens).sum())
+
+    def batches(self, prepared: TokenBatches) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Input positions sorted longest first, and the (start, stop) of each batch over them."""
+        order = np.argsort(-prepared.lengths, kind="stable")
+        return order, budget_batches(prepared.lengths[order], self.token_budget, self.max_rows)
+
+    def collate(self, prepared: TokenBatches, offsets: np.ndarray, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The model inputs of the given rows, right-padded to the longest of them (pinned for a GPU)."""
+        lengths = prepared.lengths[rows]
+        columns = np.arange(int(lengths.max()))
+        mask = columns[None, :] < lengths[:, None]
+        index = np.minimum(offsets[rows][:, None] + columns[None, :], len(prepared.ids) - 1)
+        batch = {"input_ids": torch.from_numpy(np.where(mask, prepared.ids[index], self.pad_id).astype(np.int64)),
+                 "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+        if self.token_types:  # one sentence per row: every token is of type 0
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        if self.device.type == "cuda":
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        return batch
 
     def embed(self, prepared: TokenBatches) -> np.ndarray:
-        """Run the model over the batches, pool and normalise, and put rows back in input order."""
-        return run_batches(prepared.batches, prepared.order, prepared.rows, self.info.dim, self._forward)
+        """Run the model over token-budget batches of length-sorted rows (each padded in a background
+        thread while the previous one runs), pool and normalise, and put rows back in input order."""
+        order, cuts = self.batches(prepared)
+        offsets = prepared.offsets
+        batches = (self.collate(prepared, offsets, order[start:stop]) for start, stop in cuts)
+        return run_batches(batches, order, prepared.rows, self.info.dim, self._forward)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        vectors = pool(self.model(**inputs).last_hidden_state, inputs["attention_mask"], self.info.pooling)
+        hidden = self.model(**inputs).last_hidden_state.float()
+        vectors = pool(hidden, inputs["attention_mask"], self.info.pooling)
         return torch.nn.functional.normalize(vectors, p=2, dim=1) if self.info.normalize else vectors
