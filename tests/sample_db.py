@@ -108,9 +108,9 @@ def sample_db(folder: Path) -> SampleDb:
     write_parquet(folder / "raw" / "notes.parquet", notes(range(1, 31), "first"), row_group_size=16)
     config = write_config(folder, [
         {"name": "reviews", "path": "raw/reviews", "id": "review_id", "shard_rows": 16, "keep": ["label", "lang"],
-         "quality": {"label": "label", "sensitive": "lang"},
+         "quality": {"label": "label", "sensitive": "lang", "after": []},
          "fields": [{"column": "body", "modality": "text", "embedders": ["fake", "tfidf"]}]},
-        {"name": "notes", "path": "raw/notes.parquet", "id": "note_id", "shard_rows": 16,
+        {"name": "notes", "path": "raw/notes.parquet", "id": "note_id", "shard_rows": 16, "quality": {"after": []},
          "fields": [{"column": "text", "modality": "text", "embedders": ["fake"]}]},
     ])
     backfill(config=str(config))

@@ -101,6 +101,20 @@ def version_ids(db: SampleDb, table: str, version: int) -> set[str]:
     return {str(i) for i in handle.to_arrow()["id"].to_pylist()}
 
 
+def test_a_table_with_one_version_gets_its_map(prefect_server: None, tmp_path: Path) -> None:
+    from conftest import write_parquet
+
+    from flows.backfill import backfill
+
+    write_parquet(tmp_path / "raw" / "a.parquet", [{"id": i, "body": f"text {i}"} for i in range(20)])
+    config = write_config(tmp_path, [{"name": "s", "path": "raw", "id": "id",
+                                      "fields": [{"column": "body", "modality": "text", "embedders": ["fake"]}]}])
+    backfill(config=str(config))
+    assert main(["dashboard", str(config), "--out", str(tmp_path / "out")]) == 0
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "s__body__fake" in html and "v1" in html
+
+
 def test_empty_database_page_says_nothing_yet(empty_page: Path) -> None:
     html = empty_page.read_text()
     assert "Nothing yet" in html and "multiembed backfill CONFIG" in html

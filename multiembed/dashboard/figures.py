@@ -125,7 +125,8 @@ def embedding_map(table: TableData) -> go.Figure:
                    for name in latest["group"].unique().sort()]
     versions = points["version"].unique().sort()
     traces += [("version", f"v{v}", points.filter(pl.col("version") == v)) for v in versions]
-    colours = [*PALETTE[: len(traces) - len(versions)], *sample_colorscale("Viridis", len(versions), high=0.85)]
+    by_version = sample_colorscale("Viridis", max(len(versions), 2), high=0.85)[: len(versions)]  # needs 2 points
+    colours = [*PALETTE[: len(traces) - len(versions)], *by_version]
     fig = go.Figure()
     first = traces[0][0]
     for (kind, name, mine), colour in zip(traces, colours, strict=True):

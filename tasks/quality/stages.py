@@ -30,6 +30,7 @@ from tasks.quality.metric import Metric, Severity
 Stage = Literal["evaluate", "bias", "drift"]
 SEED = 0
 INDEX_QUERIES = 100  # sampled queries for a vector index's recall@10 against exact search
+MIN_ROWS = 20  # fewer rows than this make neighbour, probe and two-sample statistics meaningless: skipped
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def evaluate(database: str, source: SourceConfig, table: str, version: int | Non
     sample = read_sample(database, table, version, [label] if label else [], q.sample, extra)
     opts = {"thresholds": q.thresholds, "severity": q.on_fail}
     metrics = health.health_metrics(sample.vectors, seed=SEED, **opts)
-    if label:
+    if label and len(sample.ids) < MIN_ROWS:
+        metrics.append(too_few("knn_accuracy", len(sample.ids)))
+    elif label:
         metrics += labels.label_metrics(sample.vectors, sample.columns[label].astype(str), seed=SEED, **opts)
     if pairs is not None:
         ids = sample.ids.to_numpy(zero_copy_only=False)
@@ -170,7 +173,9 @@ def bias_checks(database: str, source: SourceConfig, table: str, version: int | 
 
         metrics += bias.weat_tests(embed, seed=SEED, **opts) + bias.seat_tests(embed, seed=SEED, **opts)
         metrics.append(bias.gender_bias(embed, **opts))
-    if q.sensitive:
+    if q.sensitive and len(sample.ids) < MIN_ROWS:
+        metrics.append(too_few("neighbour_share_gap", len(sample.ids)))
+    elif q.sensitive:
         groups = sample.columns[q.sensitive].astype(str)
         label_values = sample.columns[q.label].astype(str) if q.label else None
         metrics += bias.group_bias(sample.vectors, groups, label_values, seed=SEED, **opts)
@@ -186,14 +191,21 @@ def drift_checks(database: str, source: SourceConfig, table: str, version: int |
     current = read_sample(database, table, version, [INPUT_STATS], q.sample)
     old = read_sample(database, table, reference, [INPUT_STATS], q.sample)
     opts = {"thresholds": q.thresholds, "severity": q.on_fail}
+    if min(len(old.ids), len(current.ids)) < MIN_ROWS:
+        return current, [too_few("drift", min(len(old.ids), len(current.ids)))]
     inputs = input_drift(old, current, opts)
     if old.metadata == current.metadata:
         return current, inputs + drift.drift_metrics(old.vectors, current.vectors, seed=SEED, **opts)
     common, in_old, in_new = np.intersect1d(old.ids.to_numpy(zero_copy_only=False),
                                             current.ids.to_numpy(zero_copy_only=False), return_indices=True)
-    if len(common) < 11:
-        return current, inputs + [Metric("knn_overlap", None, None, "ok", {"reason": "fewer than 11 rows in common"})]
+    if len(common) < MIN_ROWS:
+        return current, inputs + [too_few("knn_overlap", len(common))]
     return current, inputs + [drift.knn_overlap(old.vectors[in_old], current.vectors[in_new], seed=SEED, **opts)]
+
+
+def too_few(metric: str, rows: int) -> Metric:
+    """A statistic not computed because the version has too few rows for it to mean anything."""
+    return Metric(metric, None, None, "ok", {"reason": f"{rows} rows: fewer than {MIN_ROWS}, not computed"})
 
 
 def input_drift(old: VersionSample, current: VersionSample, opts: dict) -> list[Metric]:
