@@ -6,7 +6,7 @@ DEMO_DIR ?= multiembed-demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,17 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The benchmark suite (docs/benchmarks.md): every figure a ratio against a baseline run beside it. ~30 min here.
+bench: setup
+	$(BIN)/python bench/backfill_vs_st.py throughput
+	$(BIN)/python bench/text_engine.py
+	$(BIN)/python bench/media.py images
+	$(BIN)/python bench/media.py audio
+	$(BIN)/python bench/backfill_vs_st.py refresh --rows 4000
+	$(BIN)/python bench/backfill_vs_st.py refresh --rows 20000
+	$(BIN)/python bench/backfill_vs_st.py memory
+	$(BIN)/python bench/orchestration.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache test-artifacts

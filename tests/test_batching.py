@@ -194,3 +194,28 @@ def test_text_batches_are_length_sorted_padded_per_batch_and_restore_input_order
     # Less padding than fixed batches of the same row count over the same sorted order.
     padded = sum((stop - start) * lengths[order[start]] for start, stop in cuts)
     assert padded <= 1.25 * lengths.sum()
+
+
+def test_forward_passes_of_concurrent_calls_take_turns() -> None:
+    active, most = [0], [0]
+    guard = threading.Lock()
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.005)  # a forward pass, long enough for another thread to try to start one
+        with guard:
+            active[0] -= 1
+        return batch
+
+    data = [torch.ones(2, 3) for _ in range(10)]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_batches(data, np.arange(20), 20, 3, forward)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all((r == 1).all() for r in results)
+    assert most[0] == 1

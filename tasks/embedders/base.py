@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,11 @@ class Embedder(Protocol):
 
 
 B = TypeVar("B")
+# One forward pass at a time per process. Each already uses every core (torch's intra-op threads) or the
+# GPU; two shards embedding at once from two task threads would run twice the threads on the same cores
+# (oversubscribed: slower on a quiet machine). Shards take turns batch by batch, while other stages
+# (reading, tokenising, decoding, writing) go on in their threads.
+INFERENCE_LOCK = threading.Lock()
 
 
 def run_batches(batches: Iterable[B], positions: np.ndarray, rows: int, dim: int,
@@ -122,14 +128,15 @@ def run_batches(batches: Iterable[B], positions: np.ndarray, rows: int, dim: int
     not batched stay zero).
 
     Batches are produced `prefetch_depth` ahead in a background thread (a generator of batches builds
-    the next ones while the model runs), and a batch that runs out of accelerator memory is halved and
-    retried (`batching.halving`).
+    the next ones while the model runs), a batch that runs out of accelerator memory is halved and
+    retried (`batching.halving`), and forward passes of concurrent calls take turns (`INFERENCE_LOCK`).
     """
     out = np.zeros((rows, dim), dtype=np.float32)
     start, step = 0, halving(forward)
     with torch.inference_mode(), closing(prefetch(batches, prefetch_depth)) as ready:
         for batch in ready:
-            vectors = step(batch).float().cpu().numpy()
+            with INFERENCE_LOCK:
+                vectors = step(batch).float().cpu().numpy()
             out[positions[start : start + len(vectors)]] = vectors
             start += len(vectors)
     return out

@@ -2,13 +2,12 @@
 
 - `minilm@int8`, `hf:<model>@int8`: every linear layer in int8 on the CPU (where the int8 kernels are),
   whatever the machine, on fbgemm's dynamic int8 kernel: weights quantised per output channel once,
-  inputs as they come. The attention projections (square layers) take one input scale per tensor; the
-  feed-forward layers (which change width) one per token: their inputs are heavy-tailed (a few tokens
-  with large activations), and with one scale per tensor they alone pulled the cosine to float32 down to
-  ~0.987 on short texts. Measured on all-MiniLM-L6-v2 over real text (the demo's docstrings): cosine to
-  the float32 vectors >= 0.99 on every row, kNN label accuracy within a point, and faster on CPU
-  (`docs/benchmarks.md`). On a CPU without VNNI, inputs use 7 bits (fbgemm's saturation guard), which
-  costs accuracy.
+  inputs as they come, with one scale per token. With fbgemm's own one scale per tensor, a row's vector
+  depended on the rows batched with it, and a few tokens with large activations (after the feed-forward
+  activation, mostly) left the others a handful of levels: cosine to float32 fell to ~0.987 on short
+  texts. Measured on all-MiniLM-L6-v2 over real text (the demo's docstrings): cosine to the float32
+  vectors >= 0.99 on every row, kNN label accuracy within a point (`docs/benchmarks.md`). On a CPU
+  without VNNI, inputs use 7 bits (fbgemm's saturation guard), which costs accuracy.
 - `@fp16`, `@bf16`: weights and activations in half precision, for GPUs (a CPU runs them too, fast only
   where it has bf16 or fp16 instructions).
 - no suffix: float32 on every device, so a vector never depends on which machine computed it.
@@ -72,14 +71,15 @@ def channel_scales(weight: torch.Tensor) -> torch.Tensor:
 
 class Int8Linear(nn.Module):
     """`nn.Linear` in int8 on fbgemm's dynamic kernel: weights quantised per output channel once, the input
-    quantised as it comes, with one scale per tensor or, with `per_token`, one per token.
+    quantised as it comes, with one scale per token (or, with `per_token=False`, fbgemm's one per tensor).
 
-    fbgemm takes a single input scale; per-token scales come from dividing each token by its largest
-    magnitude first (every row then spans [-1, 1], so one scale serves all) and multiplying the output
-    rows back, with the bias added after.
+    fbgemm takes a single input range, the tensor's min and max. Per-token scales come from dividing each
+    token by its largest magnitude (every row then lies in [-1, 1]) and multiplying the output rows back,
+    the bias added after; two extra rows, all +1 and all -1, pin the range at exactly [-1, 1], so a token's
+    quantisation, and a row's vector, never depends on the other rows of the batch.
     """
 
-    def __init__(self, linear: nn.Linear, per_token: bool) -> None:
+    def __init__(self, linear: nn.Linear, per_token: bool = True) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         scales = channel_scales(weight).double()
@@ -92,25 +92,23 @@ class Int8Linear(nn.Module):
         self.reduce_range = not has_vnni()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
         if not self.per_token:
-            return torch.ops.quantized.linear_dynamic(x32, self.packed, reduce_range=self.reduce_range).to(x.dtype)
-        scale = torch.linalg.vector_norm(x32, ord=float("inf"), dim=-1, keepdim=True).clamp_(min=1e-12)
-        out = torch.ops.quantized.linear_dynamic(x32 / scale, self.packed, reduce_range=self.reduce_range)
-        return torch.addcmul(self.bias, out, scale).to(x.dtype)
-
-
-def int8_linear(linear: nn.Linear) -> nn.Module:
-    """The int8 replacement of one linear layer: per-token input scales for the layers that change width
-    (feed-forward), one per tensor for the square ones (attention projections)."""
-    return Int8Linear(linear, per_token=linear.in_features != linear.out_features)
+            out = torch.ops.quantized.linear_dynamic(x.float(), self.packed, reduce_range=self.reduce_range)
+            return out.to(x.dtype)
+        rows = x.reshape(-1, x.shape[-1]).float()
+        scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)
+        scaled = torch.empty(len(rows) + 2, rows.shape[1])
+        torch.div(rows, scale, out=scaled[: len(rows)])
+        scaled[-2], scaled[-1] = 1.0, -1.0
+        out = torch.ops.quantized.linear_dynamic(scaled, self.packed, reduce_range=self.reduce_range)[: len(rows)]
+        return torch.addcmul(self.bias, out, scale).reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """The model (on the CPU) with every `nn.Linear` replaced by its int8 version, in place."""
+    """The model (on the CPU) with every `nn.Linear` replaced by its int8 version (per-token inputs), in place."""
     model = model.cpu().float()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, int8_linear(child))
+                setattr(parent, name, Int8Linear(child))
     return model

@@ -27,7 +27,7 @@ import torch
 
 from tasks.embedders import quantize
 from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError, run_batches
-from tasks.embedders.batching import budget_batches
+from tasks.embedders.batching import budget_batches, limit_threads
 from tasks.embedders.hf import ModelRef
 from tasks.sources import is_text_type
 
@@ -153,6 +153,7 @@ class TextEmbedder:
     def __init__(self, name: str, ref: ModelRef, batch_size: int = 64, precision: str = quantize.DEFAULT) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        limit_threads()
         self.tokenizer = AutoTokenizer.from_pretrained(ref.folder)
         if not self.tokenizer.is_fast:
             raise ModelLoadError(f"{ref.model_id}: no fast tokenizer (tokenizer.json) in the model folder")
