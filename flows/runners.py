@@ -35,6 +35,8 @@ T = TypeVar("T")
 LOCAL_IN_FLIGHT = 2
 # cluster: shards in flight per task slot, so a worker that finishes a stage always finds the next one.
 IN_FLIGHT_PER_SLOT = 2
+# Ray: how long an idle worker above the CPU count lives (with its loaded models) before Ray ends it.
+IDLE_WORKER_MS = 10 * 60 * 1000
 # What workers must share with the flow's process to load the same models the same way: offline
 # model loading, the Hugging Face cache, tokenizer threads, embedder plugins (only those set are sent).
 WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", PLUGIN_ENV)
@@ -57,11 +59,18 @@ def ray_init_kwargs(spec: RunnerConfig) -> dict[str, Any]:
     otherwise a CPU stage on a GPU node would see every GPU and load its model there, holding GPU memory
     it never asked for. `address="local"` starts a new cluster even if another one runs on this machine
     (plain `ray.init()` would join the last one started here, which may be someone else's).
+
+    GPU tasks run in worker processes of their own, so with the CPU workers there are more processes
+    than CPUs, and Ray kills the ones above that count after a second idle (`idle_worker_killing_time_
+    threshold_ms`): each replacement imports everything and loads its models again. Idle workers of a
+    cluster started here live for `IDLE_WORKER_MS` instead (on a cluster you join, set
+    `RAY_idle_worker_killing_time_threshold_ms` on its nodes: docs/scaling.md).
     """
     env = worker_env() | {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
     if spec.address is None:
-        kwargs |= {"address": "local", "num_cpus": spec.workers, "include_dashboard": False}
+        kwargs |= {"address": "local", "num_cpus": spec.workers, "include_dashboard": False,
+                   "_system_config": {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_MS}}
     return kwargs
 
 
@@ -73,10 +82,10 @@ def dask_cluster_kwargs(spec: RunnerConfig) -> dict[str, Any]:
     return {"n_workers": spec.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 
 
-def _engine(kind: RunnerKind) -> ModuleType:
-    """prefect-ray or prefect-dask, imported only when asked for: they are optional extras."""
+def _engine(kind: RunnerKind, module: str) -> ModuleType:
+    """The module of a runner's engine, imported only when asked for: ray and dask are optional extras."""
     try:
-        return importlib.import_module(f"prefect_{kind}")
+        return importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"runner {kind!r} needs the {kind} extra: pip install 'multiembed[{kind}]' ({e})") from None
 
@@ -84,11 +93,12 @@ def _engine(kind: RunnerKind) -> ModuleType:
 def task_runner(spec: RunnerConfig) -> TaskRunner:
     """The Prefect task runner for `spec`."""
     if spec.kind == "ray":
-        return _engine("ray").RayTaskRunner(address=spec.address, init_kwargs=ray_init_kwargs(spec))
+        return _engine("ray", "flows.ray_runner").RayTaskRunner(address=spec.address,
+                                                                 init_kwargs=ray_init_kwargs(spec))
     if spec.kind == "dask":
         if spec.address is not None:
-            return _engine("dask").DaskTaskRunner(address=spec.address)
-        return _engine("dask").DaskTaskRunner(cluster_kwargs=dask_cluster_kwargs(spec))
+            return _engine("dask", "prefect_dask").DaskTaskRunner(address=spec.address)
+        return _engine("dask", "prefect_dask").DaskTaskRunner(cluster_kwargs=dask_cluster_kwargs(spec))
     return local()
 
 
@@ -98,9 +108,9 @@ def with_runner(flow: Flow, spec: RunnerConfig) -> Flow:
 
 
 def current_kind() -> RunnerKind:
-    """The engine of the running flow's task runner."""
-    package = type(FlowRunContext.get().task_runner).__module__.partition(".")[0]
-    return {"prefect_ray": "ray", "prefect_dask": "dask"}.get(package, "local")
+    """The engine of the running flow's task runner (by the package its class, or a base class, comes from)."""
+    packages = {cls.__module__.partition(".")[0] for cls in type(FlowRunContext.get().task_runner).__mro__}
+    return "ray" if "prefect_ray" in packages else "dask" if "prefect_dask" in packages else "local"
 
 
 def _dask_client() -> Any:
