@@ -77,7 +77,7 @@ def in_worker(fn: Callable[[], object]) -> Callable[[], object]:
     """`fn`, run in a worker thread, as the flow runs its stages (Prefect's task threads).
 
     Baselines run this way so that both sides of a ratio compute from a worker thread: on this loaded
-    machine the same torch work measured slower from the main thread (up to ~3x for EfficientNet), which
+    machine the same torch work measured slower from the main thread (EfficientNet: ~10x), which
     would flatter the flow.
     """
     return lambda: _worker.submit(fn).result()
