@@ -4,9 +4,9 @@ prefect-ray 0.6.0 wraps its task entry point in a new `ray.remote(...)` for ever
 (PrefectHQ/prefect#5653). Ray gives each remote function its own id, hence its own scheduling class,
 so a worker lease is never reused for the next task: each task's function is exported to the cluster
 again, and the raylet starts worker processes for the backlog only to kill them after a second idle.
-Every new worker pays the imports and loads the models again. On this project's 2-core machine a
-backfill of 44 rows took 89 s in 7 worker processes that way, and 23 s in 2 with one remote function
-(`docs/scaling.md`). Everything else is prefect-ray's own code path.
+Every new worker pays the imports and loads the models again. On this project's 2-core machine two
+44-row backfills took 47 s and 18 s in 7 worker processes that way, and 23 s and 12 s in 2 with one
+remote function (`docs/scaling.md`). Everything else is prefect-ray's own code path.
 """
 
 from __future__ import annotations
