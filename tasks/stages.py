@@ -206,11 +206,11 @@ def embed(plan: SourcePlan, spec: TableSpec, prepared: Prepared) -> np.ndarray:
     return embedder_of(plan, spec).embed(prepared)
 
 
-def input_stats(plan: SourcePlan, spec: TableSpec, values: pa.Array, prepared: Prepared) -> pa.StructArray:
+def input_stats(spec: TableSpec, values: pa.Array, prepared: Prepared) -> pa.StructArray:
     """What the model saw, per row (the table's `input_stats`): statistics read off the values by the
     modality, and those the embedder measured while preparing; NaN where one was not measured."""
     modality = registry.modality(spec.modality)
-    measured = dict(modality.describe(values, embedder_of(plan, spec)) if modality.describe else {})
+    measured = dict(modality.describe(values) if modality.describe else {})
     measured |= getattr(prepared, "stats", {})
     fields = list(spec.schema.field(INPUT_STATS).type)
     missing = np.full(len(values), np.nan)
@@ -225,7 +225,7 @@ def stage(
     """Write stage (per shard): stage the vectors and every reject, then mark the shard done for the table."""
     work = checked[spec.name]
     if INPUT_STATS in spec.schema.names:
-        stats = input_stats(plan, spec, work.kept[spec.column].combine_chunks(), prepared)
+        stats = input_stats(spec, work.kept[spec.column].combine_chunks(), prepared)
         work = replace(work, kept=work.kept.append_column(INPUT_STATS, stats))
     kept, unprepared = checks.split_failures(work.kept, prepared.failures, plan.source.id, spec.column, shard.file)
     ok = np.ones(len(vectors), dtype=bool)

@@ -40,9 +40,9 @@ class Modality:
     reasons: Callable[[pa.Array], pa.Array]
     default_embedder: str
     # Input statistics kept per row (`input_stats`) for input drift: their names for a column of this type;
-    # `describe` computes those read off the values with the embedder (the rest come from `Prepared.stats`).
+    # `describe` computes those read off the values themselves (the rest come from `Prepared.stats`).
     stat_names: Callable[[pa.DataType], tuple[str, ...]] = lambda _: ()
-    describe: Callable[[pa.Array, Any], dict[str, np.ndarray]] | None = None
+    describe: Callable[[pa.Array], dict[str, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)

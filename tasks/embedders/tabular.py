@@ -56,7 +56,7 @@ def numeric_columns(value_type: pa.DataType) -> tuple[str, ...]:
     return tuple(f.name for f in value_type if not is_text_type(f.type))
 
 
-def table_stats(values: pa.StructArray, embedder: object) -> dict[str, np.ndarray]:
+def table_stats(values: pa.StructArray) -> dict[str, np.ndarray]:
     """The numeric columns' values (NaN where missing), for per-column input drift."""
     return {name: _numbers(values.field(name)) for name in numeric_columns(values.type)}
 

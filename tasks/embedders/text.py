@@ -47,26 +47,12 @@ def text_reasons(values: pa.Array) -> pa.Array:
 
 
 TEXT_STATS = ("characters", "tokens", "unknown_token_rate")
-STATS_BATCH = 1024  # texts tokenised at once for the statistics (bounds the padded arrays)
 
 
-def text_stats(values: pa.Array, embedder: object) -> dict[str, np.ndarray]:
-    """Per text: characters, and for an embedder with a tokenizer the tokens it sees (after truncation) and
-    the share of them that are the unknown token."""
-    stats = {"characters": pc.utf8_length(values).to_numpy(zero_copy_only=False).astype(np.float64)}
-    tokenizer = getattr(embedder, "tokenizer", None)
-    if tokenizer is None or not len(values):
-        return stats
-    limit = getattr(getattr(embedder, "info", None), "max_tokens", None) or None
-    tokens, unknown = [], []
-    for start in range(0, len(values), STATS_BATCH):
-        encoded = tokenizer(values.slice(start, STATS_BATCH).to_pylist(), truncation=limit is not None,
-                            max_length=limit, padding=True, return_tensors="np")
-        mask = encoded["attention_mask"].astype(bool)
-        tokens.append(mask.sum(axis=1))
-        unknown.append(((encoded["input_ids"] == tokenizer.unk_token_id) & mask).sum(axis=1))
-    count = np.concatenate(tokens).astype(np.float64)
-    return stats | {"tokens": count, "unknown_token_rate": np.concatenate(unknown) / np.maximum(count, 1)}
+def text_stats(values: pa.Array) -> dict[str, np.ndarray]:
+    """Per text, what is read off the value itself: characters. Tokens (after truncation) and the
+    unknown-token share come from the embedder's `prepare` (`TokenBatches.stats`), which tokenises anyway."""
+    return {"characters": pc.utf8_length(values).to_numpy(zero_copy_only=False).astype(np.float64)}
 
 
 TEXT = Modality(
