@@ -96,25 +96,32 @@ def memory(rows: int, scale: int) -> None:
 
 
 def refresh_cost(rows: int, share: float) -> None:
-    """Time a full backfill, then a refresh after `share` of the rows changed, on the same data."""
+    """Time a full backfill, then two refreshes of the same data after `share` of the rows changed: once
+    as one block of rows (appended or edited together: the other shards are not read at all) and once
+    spread evenly over the file (every shard has rows to embed)."""
     from flows.backfill import backfill, refresh
 
     changed = max(1, int(rows * share))
+    block = set(range(changed))
+    spread = set(range(rows - 1, changed, -(rows // changed))[:changed])  # the block's edits stay: not redone
+    patterns = {"in one block": block, "spread out": block | spread}
+    seconds = {}
     with tempfile.TemporaryDirectory() as tmp, prefect_server():
         backfill(config=str(write_source(Path(tmp) / "warm", BATCH)))  # warm-up: model load, first flow run
         config = write_source(Path(tmp) / "data", rows)
         start = time.perf_counter()
         backfill(config=str(config))
         full = time.perf_counter() - start
-        write_source(Path(tmp) / "data", rows, changed)
-        start = time.perf_counter()
-        (summary,) = refresh(config=str(config))
-        incremental = time.perf_counter() - start
-    assert summary["rows_embedded"] == changed, summary
+        for name, edited in patterns.items():
+            write_source(Path(tmp) / "data", rows, edited)
+            start = time.perf_counter()
+            (summary,) = refresh(config=str(config))
+            seconds[name] = time.perf_counter() - start
+            assert summary["rows_embedded"] == changed, summary
     print(f"machine: {machine()}")
-    print(f"rows: {rows}, changed: {changed} ({share:.1%})")
-    print(f"full backfill: {full:.1f} s; refresh: {incremental:.2f} s")
-    print(f"ratio refresh / backfill: {incremental / full:.3f}")
+    print(f"rows: {rows}, changed: {changed} ({share:.1%}); full backfill: {full:.1f} s")
+    for name, s in seconds.items():
+        print(f"refresh, changed rows {name}: {s:.2f} s; ratio refresh / backfill: {s / full:.3f}")
 
 
 def main() -> None:

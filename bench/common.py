@@ -14,8 +14,9 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,16 @@ def texts(rows: int) -> list[str]:
     return [f"{base[i % len(base)]} (variant {i // len(base)})" for i in range(rows)]
 
 
-def write_source(folder: Path, rows: int, changed: int = 0, embedders: list[str] | None = None,
+def write_source(folder: Path, rows: int, changed: Iterable[int] = (), embedders: list[str] | None = None,
                  column: str = "body", modality: str = "text", values: list | None = None,
                  batch_size: int = BATCH, quality: bool = False) -> Path:
-    """A Parquet source of `rows` values (texts unless `values` are given; the first `changed` texts edited)
+    """A Parquet source of `rows` values (texts unless `values` are given; the texts at `changed` edited)
     and its config; returns the config's path. The quality stages that run after a backfill by default
     (evaluate, drift) are off unless `quality`: they are measured apart from the embedding pipeline."""
     folder.mkdir(parents=True, exist_ok=True)
     body = values if values is not None else texts(rows)
-    if changed:
-        body = [f"{t} (edited)" for t in body[:changed]] + body[changed:]
+    edited = set(changed)
+    body = [f"{t} (edited)" if i in edited else t for i, t in enumerate(body)]
     table = pa.table({"id": pa.array(range(len(body)), pa.int64()), column: body})
     pq.write_table(table, folder / "data.parquet", row_group_size=512)
     listed = f"        embedders: [{', '.join(embedders)}]\n" if embedders else ""
@@ -111,11 +112,17 @@ def rates(rows: float, seconds: list[float]) -> str:
     return ", ".join(f"{rows / s:.1f}" for s in seconds)
 
 
-def prefect_server():  # noqa: ANN201 (a context manager)
-    """A temporary local Prefect server, as a CLI run without PREFECT_API_URL would use."""
+@contextmanager
+def prefect_server() -> Iterator[None]:
+    """A temporary local Prefect server, run as a CLI run without PREFECT_API_URL runs flows: without
+    heartbeats (`flows.settings.run_settings`)."""
+    from prefect.settings import temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    return prefect_test_harness(server_startup_timeout=180)
+    from flows.settings import NO_HEARTBEATS
+
+    with prefect_test_harness(server_startup_timeout=180), temporary_settings(updates=NO_HEARTBEATS):
+        yield
 
 
 def commands(doc: str, specs: dict[str, dict[str, Any]]) -> argparse.Namespace:

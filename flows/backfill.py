@@ -25,7 +25,7 @@ from flows.quality import QualityCheckFailed, run_checks
 from schemas.config import RunnerConfig, SourceConfig, load_config
 from tasks.lock import source_lock
 from tasks.sources import Shard
-from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for
+from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for, untouched_figures
 from tasks.write import Staging
 
 
@@ -71,14 +71,18 @@ def wait_shard(futures: ShardFutures) -> list[ShardFigures]:
 def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list[ShardFigures]:
     """Run every shard of a source, logging progress (rows and rows/s) as shards finish."""
     logger = get_run_logger()
-    started, done, results, resumed = time.monotonic(), 0, [], 0
+    started, done, results, resumed, untouched = time.monotonic(), 0, [], 0, 0
     in_flight, shared = runners.shards_in_flight(runner), runners.share(plan)
     pending: deque[ShardFutures] = deque()
     for i, shard in enumerate(plan.shards):
         staged = staged_figures(plan, shard, staging)
+        unchanged = untouched_figures(plan, shard) if staged is None else None
         if staged is not None:  # an interrupted run of the same work finished this shard
             results += staged
             resumed += 1
+        elif unchanged is not None:  # every row of it unchanged: nothing to read
+            results += unchanged
+            untouched += 1
         else:
             pending.append(submit_shard(plan, shared, shard, staging, runner.gpus_per_embed_task))
         while pending and (len(pending) > in_flight or i == len(plan.shards) - 1):
@@ -87,6 +91,8 @@ def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list
             done += figures[0].rows_read
             rate = done / max(time.monotonic() - started, 1e-9)
             logger.info("%s: %d/%d rows (%.0f rows/s)", plan.source.name, done, plan.rows, rate)
+    if untouched:
+        logger.info("%s: %d of %d shards unchanged, not read", plan.source.name, untouched, len(plan.shards))
     if resumed:
         logger.info("%s: resumed %d of %d shards from an interrupted run's staged results", plan.source.name,
                     resumed, len(plan.shards))
@@ -149,12 +155,18 @@ def backfill(config: str, source: str | None = None, full: bool = False, refit: 
 
     Rows whose content hash is unchanged are not embedded again (so a repeated backfill does nothing);
     `full` re-embeds every row into a new version; `refit` fits the fitted embedders (tfidf, tabular)
-    anew, which re-embeds their tables into a new generation.
+    anew, which re-embeds their tables into a new generation. Run as defined (a deployment, a call from
+    Python), it runs its shards on the config's `runner:`, in a subflow (see `runners.configured_cluster`).
     """
+    if spec := runners.configured_cluster(backfill, load_config(config).runner):
+        return runners.with_runner(backfill, spec)(config=config, source=source, full=full, refit=refit)
     return embed_sources(config, source, "backfill", full, refit)
 
 
 @flow(name="refresh", task_runner=runners.local())
 def refresh(config: str, source: str | None = None) -> list[dict]:
-    """Embed only new and changed rows, and remove (or keep, per source) rows whose ids left the input."""
+    """Embed only new and changed rows, and remove (or keep, per source) rows whose ids left the input.
+    Run as defined, it runs its shards on the config's `runner:`, like `backfill`."""
+    if spec := runners.configured_cluster(refresh, load_config(config).runner):
+        return runners.with_runner(refresh, spec)(config=config, source=source)
     return embed_sources(config, source, "refresh")

@@ -107,6 +107,19 @@ def with_runner(flow: Flow, spec: RunnerConfig) -> Flow:
     return flow.with_options(task_runner=task_runner(spec))
 
 
+def configured_cluster(flow: Flow, spec: RunnerConfig) -> RunnerConfig | None:
+    """`spec`, the config's runner, when the running flow must hand its work to it; None to stay.
+
+    It must when `spec` names a cluster and the running flow is `flow` as defined, on the local runner: a
+    deployment's scheduled run, or a plain call from Python. A copy given its runner by `with_runner` (what
+    the command line runs, `--runner` applied) stays where it was put.
+    """
+    context = FlowRunContext.get()
+    if spec.kind == "local" or context is None or context.flow is not flow:
+        return None
+    return spec
+
+
 def current_kind() -> RunnerKind:
     """The engine of the running flow's task runner (by the package its class, or a base class, comes from)."""
     packages = {cls.__module__.partition(".")[0] for cls in type(FlowRunContext.get().task_runner).__mro__}

@@ -16,10 +16,11 @@ from typing import Any
 
 import lancedb
 import polars as pl
+import pyarrow.fs as pafs
 
 from schemas.config import ConfigError
 from schemas.tables import embedding_metadata
-from tasks.lock import source_lock
+from tasks.lock import source_lock, unless_running
 
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -285,10 +286,40 @@ def compact(database: str, retention: timedelta, table: str | None = None) -> li
     return done
 
 
+def remove_stale_staging(database: str, older_than: timedelta) -> list[str]:
+    """Remove the staged shard results no run will resume; returns the names of the folders removed.
+
+    A run stages shards under `_staging/<source>-<key>` and removes them when it publishes. A run that died
+    leaves them for the next run of the same work (same key) to resume; once its inputs, models or base
+    versions changed, the next run has another key and the folder is orphaned. Folders in which nothing
+    changed for `older_than` are removed, unless a run holds their source now.
+    """
+    fs, root = pafs.FileSystem.from_uri(f"{database.rstrip('/')}/_staging")
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    cutoff = datetime.now(UTC) - older_than
+    removed = []
+    for folder in fs.get_file_info(pafs.FileSelector(root)):
+        if folder.type != pafs.FileType.Directory:
+            continue
+        inside = fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+        if any(f.mtime is not None and f.mtime > cutoff for f in [folder, *inside]):
+            continue
+        with unless_running(database, folder.base_name.rsplit("-", 1)[0]) as idle:
+            if idle:
+                fs.delete_dir(folder.path)
+                removed.append(folder.base_name)
+    return removed
+
+
 def print_compact(database: str, retention: str, table: str | None = None) -> None:
-    """Compact (see `compact`) and print per table what was merged, removed and kept."""
+    """Compact (see `compact`) and print per table what was merged, removed and kept; compacting every
+    table also removes stale staged results (see `remove_stale_staging`)."""
     for done in compact(database, parse_duration(retention), table):
         print(_compact_line(done, retention))
+    if table is None and (stale := remove_stale_staging(database, parse_duration(retention))):
+        print(f"removed {len(stale)} staging folder(s) of runs that died and can no longer be resumed, "
+              f"unchanged for over {retention}: {', '.join(stale)}")
 
 
 def _compact_line(done: Compacted, retention: str) -> str:

@@ -28,6 +28,19 @@ def _check_sources(args: argparse.Namespace) -> RunnerConfig:
     return settings.runner.overridden(args.runner, args.address)
 
 
+def _runs_flows(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """`run` under the Prefect settings for flows started from this process (`flows.settings`)."""
+
+    def wrapped(args: argparse.Namespace) -> None:
+        from flows.settings import run_settings
+
+        with run_settings():
+            run(args)
+
+    return wrapped
+
+
+@_runs_flows
 def _backfill(args: argparse.Namespace) -> None:
     runner = _check_sources(args)
     from flows.backfill import backfill
@@ -36,6 +49,7 @@ def _backfill(args: argparse.Namespace) -> None:
     with_runner(backfill, runner)(config=str(args.config), source=args.source, full=args.full, refit=args.refit)
 
 
+@_runs_flows
 def _refresh(args: argparse.Namespace) -> None:
     runner = _check_sources(args)
     from flows.backfill import refresh
@@ -71,6 +85,7 @@ def _compact(args: argparse.Namespace) -> None:
 def _quality(stage: str) -> Callable[[argparse.Namespace], None]:
     """Run one quality stage (evaluate, bias, drift) as a flow and print its metrics."""
 
+    @_runs_flows
     def run(args: argparse.Namespace) -> None:
         load_config(args.config)
         from flows.quality import print_metrics, quality
@@ -101,6 +116,7 @@ def _serve(args: argparse.Namespace) -> None:
     serve_config(args.config)
 
 
+@_runs_flows
 def _demo(args: argparse.Namespace) -> None:
     from multiembed.demo import run_demo
 

@@ -7,6 +7,26 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+
+@contextmanager
+def _lock_file(database: str, source: str) -> Iterator[IO[str]]:
+    path = Path(database) / "_locks" / f"{source}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextmanager
@@ -19,15 +39,19 @@ def source_lock(database: str, source: str, logger: logging.Logger | logging.Log
     if "://" in database:
         yield
         return
-    path = Path(database) / "_locks" / f"{source}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _lock_file(database, source) as handle:
+        if not _try_lock(handle):
             logger.info("%s: another run holds this source; waiting for it to finish", source)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+
+
+@contextmanager
+def unless_running(database: str, source: str) -> Iterator[bool]:
+    """Hold `source`'s lock for the block if no run holds it now; yields whether it got it (False: a run
+    holds it, so leave its files alone). On object storage there is no lock to ask: True."""
+    if "://" in database:
+        yield True
+        return
+    with _lock_file(database, source) as handle:
+        yield _try_lock(handle)

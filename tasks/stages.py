@@ -178,6 +178,24 @@ def staged_figures(plan: SourcePlan, shard: sources.Shard, staging: write.Stagin
     return [ShardFigures(**d) for d in done]
 
 
+def untouched_figures(plan: SourcePlan, shard: sources.Shard) -> list[ShardFigures] | None:
+    """The figures of a shard this run leaves alone in every table (all its rows unchanged), without reading
+    it; None when some table has rows of it to embed or reject.
+
+    A row is left alone only when its (id, content hash) is already in the table, and only valid rows ever
+    got there; rows that must be rejected again (null ids, invalid values) are never in the table, so the
+    diff lists them. The exception is a repeated id whose repeat has the same content: the diff cannot tell
+    the repeat from the first, so a shard holding a repeat is read and validated as usual.
+    """
+    diffs = [plan.diffs[spec.name] for spec in plan.tables]
+    if any(d.mode != "merge" or len(d.rows_to_embed(shard)) for d in diffs):
+        return None
+    repeats = plan.duplicates.filter(pc.equal(plan.duplicates["file"], shard.file))["row"].to_numpy()
+    if ((repeats >= shard.first_row) & (repeats < shard.first_row + shard.num_rows)).any():
+        return None
+    return [ShardFigures(spec.name, shard.num_rows, 0, shard.num_rows, 0, 0) for spec in plan.tables]
+
+
 def read(plan: SourcePlan, shard: sources.Shard) -> pa.Table:
     """Read stage: the shard's rows with their row index in the file."""
     return sources.read_shard(shard, plan.layout)

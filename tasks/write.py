@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,11 +48,16 @@ class Staging:
         return f"{self.root}/{kind}/{table}"
 
     def _put(self, kind: str, table: str, name: str, write_to: Callable[[str, pafs.FileSystem], None]) -> None:
-        """Write a file atomically (temp name, then rename), so a re-run never reads half a file."""
+        """Write a file atomically (temp name, then rename), so a re-run never reads half a file.
+
+        The temp name is unique, so two attempts at the same shard (a retry while a worker thought lost
+        still runs) never write into one file, and hidden (a leading dot), so the half file of a killed
+        attempt is skipped by `read`'s dataset discovery, which ignores such names."""
         fs, folder = pafs.FileSystem.from_uri(self.folder(kind, table))
         fs.create_dir(folder, recursive=True)
-        write_to(f"{folder}/{name}.tmp", fs)
-        fs.move(f"{folder}/{name}.tmp", f"{folder}/{name}")
+        temp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        write_to(temp, fs)
+        fs.move(temp, f"{folder}/{name}")
 
     def write(self, kind: str, table: str, shard_key: str, data: pa.Table) -> None:
         """Stage one shard's rows for `table` (kind: vectors or rejects)."""

@@ -21,10 +21,14 @@ from fake_embedders import FAKE_DIM, POISON, UNDECODABLE, FakeEmbedder, FakePrep
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One temporary Prefect server (SQLite) for every flow test of the session."""
+    """One temporary Prefect server (SQLite) for every flow test of the session; flows run as the CLI runs
+    them without a configured server: without heartbeats (`flows.settings.run_settings`)."""
+    from prefect.settings import temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from flows.settings import NO_HEARTBEATS
+
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings(updates=NO_HEARTBEATS):
         yield
 
 

@@ -336,6 +336,32 @@ def test_compact_twice_finds_nothing_more_to_do(config: str, database: str, caps
     assert len(version_numbers(database, "_runs")) == 1
 
 
+def test_compact_removes_staging_no_run_will_resume_and_keeps_recent_or_held_staging(
+    config: str, database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three staging folders a dead run left: an old one, a recent one (a resume may still come) and an old
+    one whose source a run holds now (it may be resuming it)."""
+    import logging
+    import os
+
+    from tasks.lock import source_lock
+    from tasks.write import Staging
+
+    for key in ("docs-00aa", "docs-11bb", "busy-source-22cc"):
+        Staging(database, key).mark_done(TABLE, "shard-0", {"rows_read": 1})
+    old = time.time() - 3 * 86400
+    for key in ("docs-00aa", "busy-source-22cc"):
+        folder = Path(database) / "_staging" / key
+        for path in [*folder.rglob("*"), folder]:
+            os.utime(path, (old, old))
+    with source_lock(database, "busy-source", logging.getLogger("test")):
+        assert main(["compact", config, "--retention", "2d"]) == 0
+    assert "removed 1 staging folder(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in (Path(database) / "_staging").iterdir()) == ["busy-source-22cc", "docs-11bb"]
+    assert main(["compact", config, "--retention", "2d"]) == 0  # the run is over: its old folder goes too
+    assert sorted(p.name for p in (Path(database) / "_staging").iterdir()) == ["docs-11bb"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--retention", "7x"], "retention '7x' is not a duration"), (["--table", "nope"], "no table 'nope'")],

@@ -102,6 +102,33 @@ def test_refresh_embeds_only_changes_and_equals_a_fresh_backfill(tmp_path: Path,
     assert "run-" + row["run_id"] in table.tags.list()
 
 
+def test_refresh_reads_only_shards_with_work_and_still_accounts_for_every_row(tmp_path: Path, monkeypatch) -> None:
+    """Shards of 8 rows: 0-7 hold a blank text (rejected again every run), 16-23 an id repeated with the same
+    content (the diff cannot tell the repeat from the first), 32-39 the one edit; 8-15 and 24-31 are all
+    unchanged and are not read at all. The figures are those of reading everything."""
+    from tasks import sources
+
+    def data(edited: bool) -> list[dict]:
+        text = lambda i: "   " if i == 3 else "edited" if edited and i == 35 else f"item {i} text"  # noqa: E731
+        out = rows(range(40), text)
+        return out[:17] + [dict(out[16])] + out[18:]  # the row at file position 17 repeats id 16
+    config = make_project(tmp_path, data(edited=False))
+    first = backfill(config=str(config))[0]
+    assert (first["rows_read"], first["rows_embedded"], first["rows_rejected"]) == (40, 38, 2)
+    write_parquet(tmp_path / "raw" / "items.parquet", data(edited=True))
+    read_shards: list[int] = []
+    real = sources.read_shard
+    monkeypatch.setattr(sources, "read_shard", lambda shard, layout: read_shards.append(shard.first_row)
+                        or real(shard, layout))
+    (row,) = refresh(config=str(config))
+    assert sorted(read_shards) == [0, 16, 32]
+    assert (row["rows_read"], row["rows_embedded"], row["rows_unchanged"], row["rows_rejected"]) == (40, 1, 37, 2)
+    assert row["published"]
+    fresh = tmp_path / "fresh"
+    backfill(config=str(make_project(fresh, data(edited=True))))
+    assert content(tmp_path) == content(fresh)
+
+
 def test_refresh_can_keep_rows_whose_ids_left(tmp_path: Path) -> None:
     config = make_project(tmp_path, rows(range(20)), deletes="keep")
     backfill(config=str(config))

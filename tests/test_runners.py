@@ -354,6 +354,24 @@ def test_a_cluster_backfill_and_refresh_equal_local_ones(cluster: str, request, 
 
 
 @pytest.mark.slow
+def test_a_flow_run_as_defined_uses_the_configs_runner_and_with_runner_overrides_it(
+        dask_cluster: dict, local_runs: dict, worker_env: Path, tmp_path: Path) -> None:
+    """A deployment's scheduled run calls the flow as defined: the config's `runner:` must hold there too.
+    The command line's `--runner local` (`with_runner`) keeps the shards in this process."""
+    worker_env.write_text("")
+    config = write_project(tmp_path, EDITIONS["backfill"], dask_cluster)
+    backfill(config=str(config))
+    assert_same_run(snapshot(tmp_path), local_runs["backfill"])
+    embedded = {e["pid"] for e in read_trace(worker_env) if e["event"] == "embed"}
+    assert embedded and os.getpid() not in embedded
+    worker_env.write_text("")
+    write_project(tmp_path, EDITIONS["refresh"], dask_cluster)
+    runners.with_runner(refresh, RunnerConfig())(config=str(config))
+    assert_same_run(snapshot(tmp_path), local_runs["refresh"])
+    assert {e["pid"] for e in read_trace(worker_env) if e["event"] == "embed"} == {os.getpid()}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("cluster", ["ray_cluster", "dask_cluster"])
 def test_a_worker_killed_mid_shard_costs_only_that_shard(cluster: str, request, prefect_server,
                                                          tmp_path: Path) -> None:

@@ -91,6 +91,29 @@ def test_staging_write_same_shard_twice_replaces(database: str) -> None:
     assert staging.read("vectors", "t", schema()).read_all()["id"].to_pylist() == [5]
 
 
+def test_a_killed_attempts_half_file_is_never_read_and_attempts_never_share_a_temp_file(database: str,
+                                                                                       monkeypatch) -> None:
+    staging = Staging(database, "run-1")
+    key = shard_key("/data/a.parquet", 0)
+    staged: list[str] = []
+
+    def killed(data, path, filesystem):  # the worker dies mid-write: a partial file stays where it was
+        staged.append(path)
+        with filesystem.open_output_stream(path) as f:
+            f.write(b"PAR1 half a parquet file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tasks.write.pq.write_table", killed)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            staging.write("vectors", "t", key, rows([1, 2]))
+    monkeypatch.undo()
+    assert len(set(staged)) == 2  # each attempt had a temp file of its own
+    assert staging.read("vectors", "t", schema()).read_all().num_rows == 0  # the halves are not data
+    staging.write("vectors", "t", key, rows([1, 2]))
+    assert sorted(staging.read("vectors", "t", schema()).read_all()["id"].to_pylist()) == [1, 2]
+
+
 def test_staging_read_columns(database: str) -> None:
     staging = Staging(database, "run-1")
     staging.write("vectors", "t", "k", rows([4, 5]))
