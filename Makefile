@@ -42,6 +42,8 @@ bench: setup
 	$(BIN)/python bench/backfill_vs_st.py refresh --rows 20000
 	$(BIN)/python bench/backfill_vs_st.py memory
 	$(BIN)/python bench/orchestration.py
+	$(BIN)/python bench/quality_stages.py
+	$(BIN)/python bench/runners.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache test-artifacts

@@ -17,8 +17,8 @@ def test_heartbeats_are_off_without_a_configured_server_and_kept_with_one() -> N
         with run_settings():
             assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None
         assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), run_settings():
-        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), run_settings():
+            assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
 
 
 def heartbeat_threads() -> int:
