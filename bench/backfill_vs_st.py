@@ -103,7 +103,8 @@ def refresh_cost(rows: int, share: float) -> None:
 
     changed = max(1, int(rows * share))
     block = set(range(changed))
-    spread = set(range(rows - 1, changed, -(rows // changed))[:changed])  # the block's edits stay: not redone
+    step = (rows - changed) // changed  # `changed` rows, evenly over the rows after the block
+    spread = set(range(changed + step // 2, rows, step)[:changed])  # the block's edits stay: not redone
     patterns = {"in one block": block, "spread out": block | spread}
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp, prefect_server():

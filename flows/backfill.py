@@ -25,7 +25,7 @@ from flows.quality import QualityCheckFailed, run_checks
 from schemas.config import RunnerConfig, SourceConfig, load_config
 from tasks.lock import source_lock
 from tasks.sources import Shard
-from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for, untouched_figures
+from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for, work_shards
 from tasks.write import Staging
 
 
@@ -69,33 +69,32 @@ def wait_shard(futures: ShardFutures) -> list[ShardFigures]:
 
 
 def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list[ShardFigures]:
-    """Run every shard of a source, logging progress (rows and rows/s) as shards finish."""
+    """Run every shard of a source that has work (`work_shards`), logging progress (rows and rows/s) as
+    shards finish."""
     logger = get_run_logger()
-    started, done, results, resumed, untouched = time.monotonic(), 0, [], 0, 0
+    work, results = work_shards(plan)
+    started, done, resumed = time.monotonic(), 0, 0
     in_flight, shared = runners.shards_in_flight(runner), runners.share(plan)
     pending: deque[ShardFutures] = deque()
-    for i, shard in enumerate(plan.shards):
+    for i, shard in enumerate(work):
         staged = staged_figures(plan, shard, staging)
-        unchanged = untouched_figures(plan, shard) if staged is None else None
         if staged is not None:  # an interrupted run of the same work finished this shard
             results += staged
             resumed += 1
-        elif unchanged is not None:  # every row of it unchanged: nothing to read
-            results += unchanged
-            untouched += 1
         else:
             pending.append(submit_shard(plan, shared, shard, staging, runner.gpus_per_embed_task))
-        while pending and (len(pending) > in_flight or i == len(plan.shards) - 1):
+        while pending and (len(pending) > in_flight or i == len(work) - 1):
             figures = wait_shard(pending.popleft())
             results += figures
             done += figures[0].rows_read
             rate = done / max(time.monotonic() - started, 1e-9)
             logger.info("%s: %d/%d rows (%.0f rows/s)", plan.source.name, done, plan.rows, rate)
-    if untouched:
-        logger.info("%s: %d of %d shards unchanged, not read", plan.source.name, untouched, len(plan.shards))
+    if (read := sum(s.num_rows for s in work)) < plan.rows:
+        logger.info("%s: %d of %d rows in shards with nothing to embed, not read", plan.source.name,
+                    plan.rows - read, plan.rows)
     if resumed:
         logger.info("%s: resumed %d of %d shards from an interrupted run's staged results", plan.source.name,
-                    resumed, len(plan.shards))
+                    resumed, len(work))
     return results
 
 

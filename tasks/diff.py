@@ -9,7 +9,9 @@ whose (id, hash) no longer occurs in the source (changed, invalid now, or gone).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import duckdb
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.tables import embedding_metadata
-from tasks.sources import Shard, quote
+from tasks.sources import Shard, is_text_type, quote
 from tasks.write import hash_sql, open_table
 
 Mode = Literal["create", "rebuild", "merge"]
@@ -37,14 +39,16 @@ class TableDiff:
 
     mode: Mode
     base_version: int | None
-    todo: dict[tuple[str, int], np.ndarray] | None = None  # (file, shard first row) -> rows to embed
+    todo: dict[str, np.ndarray] | None = None  # file -> sorted indices of its rows to embed
     stale: pa.Array | None = field(default=None)
 
     def rows_to_embed(self, shard: Shard) -> np.ndarray | None:
         """Row indices (in the file) of the shard to embed; None when every row is."""
         if self.todo is None:
             return None
-        return self.todo.get((shard.file, shard.first_row), np.empty(0, dtype=np.int64))
+        rows = self.todo.get(shard.file, np.empty(0, dtype=np.int64))
+        lo, hi = np.searchsorted(rows, [shard.first_row, shard.first_row + shard.num_rows])
+        return rows[lo:hi]
 
 
 def same_contract(table: lancedb.table.Table, schema: pa.Schema) -> bool:
@@ -54,29 +58,37 @@ def same_contract(table: lancedb.table.Table, schema: pa.Schema) -> bool:
             and embedding_metadata(current) == embedding_metadata(schema))
 
 
-def _todo_by_shard(rows: pa.Table, shards: list[Shard]) -> dict[tuple[str, int], np.ndarray]:
-    """Group (file, row) pairs by the shard that holds them."""
-    out: dict[tuple[str, int], np.ndarray] = {}
-    by_file: dict[str, list[Shard]] = {}
-    for s in shards:
-        by_file.setdefault(s.file, []).append(s)
-    for file, group in by_file.items():
-        in_file = np.sort(rows.filter(pc.equal(rows["file"], file))["row"].to_numpy())
-        for s in group:
-            lo, hi = np.searchsorted(in_file, [s.first_row, s.first_row + s.num_rows])
-            if hi > lo:
-                out[(file, s.first_row)] = in_file[lo:hi]
-    return out
+def _todo_by_file(rows: pa.Table) -> dict[str, np.ndarray]:
+    """(file, row) pairs as each file's sorted row indices."""
+    return {f: np.sort(rows.filter(pc.equal(rows["file"], f))["row"].to_numpy())
+            for f in pc.unique(rows["file"]).to_pylist()}
+
+
+def _payloads(con: duckdb.DuckDBPyConnection, value_sql: str, files: tuple[str, ...],
+              payload: Callable[[pa.Array, str], pa.Array]) -> pa.Table:
+    """(file, v, payload) for every distinct value of every Parquet file: what its content hash covers
+    (`Modality.payload`, given the file's folder), for the values that name files."""
+    values = con.execute(f"""SELECT DISTINCT filename AS file, {value_sql} AS v
+        FROM read_parquet($files, filename = true) WHERE v IS NOT NULL ORDER BY file""",
+                         {"files": list(files)}).fetch_arrow_table()
+    parts = []
+    for file in pc.unique(values["file"]).to_pylist():
+        mine = values.filter(pc.equal(values["file"], file))
+        parts.append(mine.append_column("payload", payload(mine["v"].combine_chunks(), str(Path(file).parent))))
+    return pa.concat_tables(parts) if parts else values.append_column("payload", pa.array([], pa.large_string()))
 
 
 def diff_table(
     db: lancedb.DBConnection, name: str, schema: pa.Schema, fingerprint: str, files: tuple[str, ...],
-    shards: list[Shard], id_column: str, value_sql: str, value_type: pa.DataType, full: bool,
+    id_column: str, value_sql: str, value_type: pa.DataType, full: bool,
+    payload: Callable[[pa.Array, str], pa.Array] | None = None,
 ) -> TableDiff:
     """What this run must embed and may delete for table `name`, against its latest version.
 
     `value_sql` is the DuckDB expression of the embedded value over the Parquet files (see
     `SourceLayout.field_sql`) and `value_type` its Arrow type when read, so the hashes match the written ones.
+    For string values of a modality with a `payload` (media paths), the hash covers the payload instead: the
+    distinct paths are stamped once (a stat each) and joined in.
     """
     table = open_table(db, name)
     if table is None:
@@ -87,10 +99,15 @@ def diff_table(
     with duckdb.connect() as con:
         con.register("old", old)
         con.execute("CREATE TEMP TABLE old_rows AS SELECT id, content_hash FROM old")  # a reader scans once
-        src = f"""src AS (
-            SELECT filename AS file, file_row_number AS row, {quote(id_column)} AS id,
-                   {hash_sql(value_sql, value_type)} AS h
-            FROM read_parquet($files, filename = true, file_row_number = true))"""
+        hashed, join = hash_sql("raw.v", value_type), ""
+        if payload is not None and is_text_type(value_type):
+            con.register("payloads", _payloads(con, value_sql, files, payload))
+            hashed = hash_sql("p.payload", pa.large_string())
+            join = "LEFT JOIN payloads p ON p.file = raw.file AND p.v = raw.v"
+        src = f"""raw AS (
+            SELECT filename AS file, file_row_number AS row, {quote(id_column)} AS id, {value_sql} AS v
+            FROM read_parquet($files, filename = true, file_row_number = true)),
+        src AS (SELECT raw.file, raw.row, raw.id, {hashed} AS h FROM raw {join})"""
         params = {"fp": fingerprint, "files": list(files)}
         todo = con.execute(f"""WITH {src}
             SELECT file, row::BIGINT AS row FROM src
@@ -99,4 +116,4 @@ def diff_table(
         stale = con.execute(f"""WITH {src}
             SELECT id FROM old_rows ANTI JOIN src ON src.id = old_rows.id AND src.h = old_rows.content_hash
         """, params).fetch_arrow_table()
-    return TableDiff("merge", table.version, _todo_by_shard(todo, shards), stale["id"].combine_chunks())
+    return TableDiff("merge", table.version, _todo_by_file(todo), stale["id"].combine_chunks())

@@ -151,9 +151,9 @@ def diff(plan: SourcePlan, full: bool) -> SourcePlan:
     """Diff stage: for each table, what this run must embed and may delete (everything if `full`)."""
     db = lancedb.connect(plan.database)
     diffs = {
-        spec.name: diff_table(db, spec.name, spec.schema, spec.fingerprint, plan.layout.files, list(plan.shards),
-                              plan.source.id, plan.layout.field_sql(spec.column),
-                              plan.layout.schema.field(spec.column).type, full)
+        spec.name: diff_table(db, spec.name, spec.schema, spec.fingerprint, plan.layout.files, plan.source.id,
+                              plan.layout.field_sql(spec.column), plan.layout.schema.field(spec.column).type, full,
+                              registry.modality(spec.modality).payload)
         for spec in plan.tables
     }
     return replace(plan, diffs=diffs)
@@ -194,6 +194,43 @@ def untouched_figures(plan: SourcePlan, shard: sources.Shard) -> list[ShardFigur
     if ((repeats >= shard.first_row) & (repeats < shard.first_row + shard.num_rows)).any():
         return None
     return [ShardFigures(spec.name, shard.num_rows, 0, shard.num_rows, 0, 0) for spec in plan.tables]
+
+
+# A merge run (only new and changed rows embedded) joins neighbouring shards of a file into one task while
+# their rows to embed fit in one shard and the task reads at most MERGED_SHARDS shards' rows: a 1% change
+# spread over a source then costs a few tasks and forward passes, not one of each per shard.
+MERGED_SHARDS = 4
+
+
+def work_shards(plan: SourcePlan) -> tuple[list[sources.Shard], list[ShardFigures]]:
+    """The shards this run reads, neighbours merged (see MERGED_SHARDS), and the figures of the shards it
+    leaves alone (`untouched_figures`). The same work gives the same shards, so a resumed run finds the
+    shards an interrupted one staged."""
+    work: list[sources.Shard] = []
+    left_alone: list[ShardFigures] = []
+    for shard in plan.shards:
+        if (figures := untouched_figures(plan, shard)) is not None:
+            left_alone += figures
+        elif work and (merged := _merged(plan, work[-1], shard)) is not None:
+            work[-1] = merged
+        else:
+            work.append(shard)
+    return work, left_alone
+
+
+def _merged(plan: SourcePlan, last: sources.Shard, shard: sources.Shard) -> sources.Shard | None:
+    """`last` and `shard` as one shard, if they are neighbours in a file, every table only merges rows in,
+    and the result stays within MERGED_SHARDS shards' rows and one shard's rows to embed."""
+    if shard.file != last.file or shard.first_row != last.first_row + last.num_rows:
+        return None
+    merged = sources.Shard(last.file, last.row_groups + shard.row_groups, last.first_row,
+                           last.num_rows + shard.num_rows)
+    if merged.num_rows > MERGED_SHARDS * plan.source.shard_rows:
+        return None
+    diffs = [plan.diffs[spec.name] for spec in plan.tables]
+    if any(d.mode != "merge" or len(d.rows_to_embed(merged)) > plan.source.shard_rows for d in diffs):
+        return None
+    return merged
 
 
 def read(plan: SourcePlan, shard: sources.Shard) -> pa.Table:
@@ -248,8 +285,10 @@ def stage(
     kept, unprepared = checks.split_failures(work.kept, prepared.failures, plan.source.id, spec.column, shard.file)
     ok = np.ones(len(vectors), dtype=bool)
     ok[list(prepared.failures)] = False
+    payload = registry.modality(spec.modality).payload
+    hashed = payload(kept[spec.column].combine_chunks(), str(Path(shard.file).parent)) if payload else None
     rows, bad_vectors = write.vectors_table(kept, vectors[ok], plan.source.id, spec.column, spec.schema,
-                                            spec.fingerprint, shard.file)
+                                            spec.fingerprint, shard.file, hashed)
     key = write.shard_key(shard.file, shard.first_row)
     rejects = pa.concat_tables([work.rejects, unprepared, bad_vectors])
     if rejects.num_rows:

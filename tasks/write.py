@@ -124,15 +124,16 @@ def content_hashes(values: pa.ChunkedArray | pa.Array, fingerprint: str) -> pa.A
 
 def vectors_table(
     kept: pa.Table, vectors: np.ndarray, id_column: str, column: str, schema: pa.Schema, fingerprint: str,
-    file: str,
+    file: str, payload: pa.Array | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """The embedding table rows for a shard, and reject records for rows whose vector is not finite."""
+    """The embedding table rows for a shard, and reject records for rows whose vector is not finite.
+    The content hash covers `payload` (`Modality.payload`), or else the column's values."""
     finite = pa.array(np.isfinite(vectors).all(axis=1))
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     columns = {
         "id": kept[id_column],
-        "content_hash": content_hashes(kept[column], fingerprint),
+        "content_hash": content_hashes(kept[column] if payload is None else payload, fingerprint),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
         **{f.name: kept[f.name] for f in schema if f.name not in ("id", "content_hash", "vector")},
     }

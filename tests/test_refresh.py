@@ -129,6 +129,35 @@ def test_refresh_reads_only_shards_with_work_and_still_accounts_for_every_row(tm
     assert content(tmp_path) == content(fresh)
 
 
+def test_changes_spread_over_every_shard_are_embedded_in_few_merged_shards(tmp_path: Path, embed_calls,
+                                                                           monkeypatch) -> None:
+    """One edit in each of five 8-row shards: neighbouring shards merge while a task reads at most four
+    shards' rows (`MERGED_SHARDS`), so two tasks read and embed them, with the figures of five."""
+    from tasks import sources, stages
+
+    assert stages.MERGED_SHARDS == 4
+    config = make_project(tmp_path, rows(range(40)))
+    backfill(config=str(config))
+    edited = rows(range(40), text=lambda i: f"edited {i}" if i % 8 == 1 else f"item {i} text")
+    write_parquet(tmp_path / "raw" / "items.parquet", edited)
+    read_shards: list[tuple[int, int]] = []
+    real = sources.read_shard
+    monkeypatch.setattr(sources, "read_shard", lambda shard, layout: read_shards.append(
+        (shard.first_row, shard.num_rows)) or real(shard, layout))
+    embed_calls.clear()
+    (row,) = refresh(config=str(config))
+    assert sorted(read_shards) == [(0, 32), (32, 8)] and sorted(embed_calls) == [1, 4]
+    assert (row["rows_read"], row["rows_embedded"], row["rows_unchanged"], row["rows_deleted"]) == (40, 5, 35, 0)
+    fresh = tmp_path / "fresh"
+    backfill(config=str(make_project(fresh, edited)))
+    assert content(tmp_path) == content(fresh)
+    # Every row edited: two shards' rows to embed would not fit one shard, so nothing merges.
+    write_parquet(tmp_path / "raw" / "items.parquet", rows(range(40), text=lambda i: f"again {i}"))
+    read_shards.clear()
+    assert refresh(config=str(config))[0]["rows_embedded"] == 40
+    assert sorted(read_shards) == [(i, 8) for i in range(0, 40, 8)]
+
+
 def test_refresh_can_keep_rows_whose_ids_left(tmp_path: Path) -> None:
     config = make_project(tmp_path, rows(range(20)), deletes="keep")
     backfill(config=str(config))
@@ -220,3 +249,41 @@ def test_concurrent_refreshes_are_serialised_and_the_second_sees_the_first(tmp_p
     table = lancedb.connect(tmp_path / "lancedb").open_table(TABLE).to_arrow()
     assert table.num_rows == 40 and len(set(table["id"].to_pylist())) == 40
     assert pa.compute.all(pa.compute.starts_with(table["label"], "l")).as_py()
+
+
+def test_a_media_file_replaced_at_the_same_path_is_embedded_again(tmp_path: Path) -> None:
+    """Clips given as paths: the content hash covers each file's size and modification time, so a refresh
+    finds a file replaced in place (and one that is gone), and an untouched folder embeds nothing."""
+    import os
+
+    import numpy as np
+    import soundfile as sf
+
+    def clip(i: int, hz: float) -> None:
+        t = np.arange(8000) / 16000
+        sf.write(tmp_path / "raw" / "clips" / f"{i}.wav", (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32),
+                 16000, subtype="FLOAT")
+
+    (tmp_path / "raw" / "clips").mkdir(parents=True)
+    for i in range(6):
+        clip(i, 200 + 150 * i)
+    write_parquet(tmp_path / "raw" / "sounds.parquet", [{"sound_id": i, "clip": f"clips/{i}.wav"} for i in range(6)])
+    config = write_config(tmp_path, [{"name": "sounds", "path": "raw/sounds.parquet", "id": "sound_id",
+                                      "shard_rows": 4, "quality": {"after": []},
+                                      "fields": [{"column": "clip", "modality": "audio", "embedders": ["logmel"]}]}])
+    assert backfill(config=str(config))[0]["rows_embedded"] == 6
+    db = lancedb.connect(tmp_path / "lancedb")
+    vectors = lambda: {r["id"]: r["vector"] for r in db.open_table("sounds__clip__logmel").to_arrow().to_pylist()}  # noqa: E731
+    before = vectors()
+    (idle,) = refresh(config=str(config))
+    assert (idle["rows_embedded"], idle["rows_unchanged"], idle["published"]) == (0, 6, False)
+
+    clip(2, 3000)  # same path, other sound
+    later = (tmp_path / "raw" / "clips" / "2.wav").stat().st_mtime + 5
+    os.utime(tmp_path / "raw" / "clips" / "2.wav", (later, later))
+    (tmp_path / "raw" / "clips" / "4.wav").unlink()
+    (row,) = refresh(config=str(config))
+    assert (row["rows_embedded"], row["rows_unchanged"], row["rows_rejected"], row["rows_deleted"]) == (1, 4, 1, 1)
+    after = vectors()
+    assert sorted(after) == [0, 1, 2, 3, 5]
+    assert after[2] != before[2] and all(after[i] == before[i] for i in (0, 1, 3, 5))

@@ -43,6 +43,9 @@ class Modality:
     # `describe` computes those read off the values themselves (the rest come from `Prepared.stats`).
     stat_names: Callable[[pa.DataType], tuple[str, ...]] = lambda _: ()
     describe: Callable[[pa.Array], dict[str, np.ndarray]] | None = None
+    # What a row's content hash covers, given its values and the folder of their Parquet file, when the
+    # values alone do not say what is embedded (a path names a file that can change); None: the values.
+    payload: Callable[[pa.Array, str], pa.Array] | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from tasks.embedders.base import Modality
 from tasks.sources import is_text_type
@@ -43,6 +44,20 @@ def media_reasons(noun: str, values: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_null(values), pa.scalar(f"null {noun}"), reasons)
 
 
+def stamped_paths(values: pa.Array, base_dir: str) -> pa.Array:
+    """Bytes as they are; each path with its file's size and modification time appended (`path`, NUL,
+    `size:mtime_ns`; nothing after the NUL when there is no such file), so that a file replaced at the same
+    path changes the row's content hash and a refresh embeds it again. One stat per row, no file read."""
+    if not pa.types.is_large_string(values.type) and not pa.types.is_string(values.type):
+        return values
+    paths = values.to_pylist()
+    fs = pafs.LocalFileSystem()
+    infos = fs.get_file_info([str(Path(base_dir, p.strip())) if p and "://" not in p else "" for p in paths])
+    stamps = [f"{i.size}:{i.mtime_ns}" if i.type == pafs.FileType.File else "" for i in infos]
+    return pc.binary_join_element_wise(values.cast(pa.large_string()), pa.array(stamps, pa.large_string()),
+                                       pa.scalar("\0", pa.large_string()))
+
+
 def media_modality(name: str, default_embedder: str, stats: tuple[str, ...]) -> Modality:
     """A modality of encoded files (`name`: image, audio), embedded by `default_embedder` unless configured;
     `stats` name the input statistics its embedders measure while decoding (`Prepared.stats`)."""
@@ -54,6 +69,7 @@ def media_modality(name: str, default_embedder: str, stats: tuple[str, ...]) -> 
         reasons=lambda values: media_reasons(name, values),
         default_embedder=default_embedder,
         stat_names=lambda _: stats,
+        payload=stamped_paths,
     )
 
 
