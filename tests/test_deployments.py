@@ -70,6 +70,9 @@ def test_a_refresh_and_a_backfill_deployment_per_source_with_the_config_path_and
         assert d.parameters == {"config": str(tmp_path / "config.yaml"), "source": name}
         assert d.tags == ["multiembed", f"source:{name}"]
         assert d.entrypoint == f"flows.backfill.{d.flow_name}"  # a module path: independent of the folder
+        # A served run loads the flow object itself, which then honours the config's `runner:`
+        # (`runners.configured_cluster` tells it from a `with_runner` copy by identity).
+        assert load_flow_from_entrypoint(d.entrypoint) is {"refresh": refresh, "backfill": backfill}[d.flow_name]
 
 
 def test_schedules_are_the_config_crons_in_its_time_zone_and_unscheduled_without_one(tmp_path):
