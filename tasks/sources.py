@@ -8,6 +8,7 @@ InputError naming the file, the column and what was expected.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,19 @@ def read_shard(shard: Shard, layout: SourceLayout) -> pa.Table:
     table = pa.table(columns, schema=layout.schema)
     rows = pa.array(np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64))
     return table.append_column("_row", rows)
+
+
+def oversized_shards(shards: Sequence[Shard], shard_rows: int) -> list[str]:
+    """A warning per file whose row groups are bigger than `shard_rows`: a row group is never split, so one
+    task reads and holds all its rows, and memory grows with it. Says how to rewrite the file."""
+    by_file: dict[str, list[int]] = {}
+    for s in shards:
+        if s.num_rows > shard_rows:
+            by_file.setdefault(s.file, []).append(s.num_rows)
+    return [f"{file}: {len(sizes)} row group(s) hold more than shard_rows ({shard_rows}) rows, up to "
+            f"{max(sizes)}; a row group is read whole by one task, so memory grows with it. Rewrite the file "
+            f"with smaller row groups, e.g. pyarrow.parquet.write_table(table, path, row_group_size={shard_rows})"
+            for file, sizes in by_file.items()]
 
 
 def sample_values(layout: SourceLayout, key: str, id_column: str, size: int, seed: int = 0) -> pa.Array:

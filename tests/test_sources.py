@@ -17,6 +17,7 @@ from tasks.sources import (
     SourceLayout,
     find_duplicates,
     inspect_source,
+    oversized_shards,
     plan_shards,
     read_shard,
     resolve_files,
@@ -245,9 +246,14 @@ def test_plan_shards_one_group_per_shard(tmp_path: Path) -> None:
     ]
 
 
-def test_plan_shards_big_row_group_stays_one_shard(tmp_path: Path) -> None:
+def test_plan_shards_big_row_group_stays_one_shard_and_is_warned_about(tmp_path: Path) -> None:
     f = write(tmp_path / "a.parquet", simple(10), row_group_size=100)
-    assert plan_shards((str(f),), shard_rows=4) == [Shard(str(f), (0,), 0, 10)]
+    small = write(tmp_path / "b.parquet", simple(10), row_group_size=4)
+    shards = plan_shards((str(f), str(small)), shard_rows=4)
+    assert shards[0] == Shard(str(f), (0,), 0, 10)
+    (warning,) = oversized_shards(shards, shard_rows=4)
+    assert warning.startswith(f"{f}: 1 row group(s) hold more than shard_rows (4) rows, up to 10;")
+    assert "row_group_size=4" in warning
 
 
 def test_plan_shards_several_files(tmp_path: Path) -> None:
