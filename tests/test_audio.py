@@ -25,11 +25,10 @@ from tasks.embedders.audio import (
     HFAudioEmbedder,
     LogMel,
     Trimmed,
-    decode_windows,
     length_batches,
-    load_audio,
     pool_windows,
 )
+from tasks.embedders.audio_decode import decode_windows, load_audio
 from tasks.embedders.base import ModelLoadError
 from tasks.embedders.media import MediaError
 

@@ -1,14 +1,11 @@
 """Audio: checks, decoding into model-sized windows (prepare) and encoder inference with pooling (embed).
 
 Values are encoded audio files (bytes) or paths to them (strings, relative ones resolved against the
-folder of the Parquet file). Decoding uses libsndfile through `soundfile` (WAV, FLAC, OGG/Vorbis, MP3 and
-more): torchaudio 2.11's `torchaudio.load` needs the separate `torchcodec` package and FFmpeg, which the
-pipeline does not ship, while soundfile's wheel bundles libsndfile. A file is read block by block,
-downmixed to mono, resampled to the model's rate with `torchaudio.functional.resample` (block by block
-with enough context that the result equals resampling the whole signal) and cut into windows of the
-model's input length, turned into model inputs a few windows at a time. So a decode thread holds the
-samples of a few windows plus the model inputs of the file's windows (Whisper's log-mel without its
-padding: smaller than the audio), never the whole decoded file, and hour-long files cost bounded memory.
+folder of the Parquet file). A file is read block by block, downmixed to mono, resampled to the model's
+rate and cut into windows of the model's input length (`audio_decode`), turned into model inputs a few
+windows at a time. So a decode thread holds the samples of a few windows plus the model inputs of the
+file's windows (Whisper's log-mel without its padding: smaller than the audio), never the whole decoded
+file, and hour-long files cost bounded memory.
 
 Nothing is cut: a clip longer than the model's window is split into windows that cover all of it, each
 window is embedded, and the window vectors are averaged weighted by how much real audio each holds
@@ -26,9 +23,8 @@ Every vector is L2-normalised.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +35,10 @@ import pyarrow as pa
 import torch
 
 from tasks.embedders import hf
+from tasks.embedders.audio_decode import decode_windows
 from tasks.embedders.base import EmbedderInfo, ModelLoadError
-from tasks.embedders.media import MediaError, media_modality, media_storage, open_media
+from tasks.embedders.media import MediaError, media_modality, media_storage
 
-READ_BLOCK_FRAMES = 1 << 17  # source frames decoded at a time (~3 s at 44.1 kHz)
-RESAMPLE_STEP = 1 << 18  # source samples resampled at a time (a multiple of the rate ratio is used)
-LOWPASS_FILTER_WIDTH = 6  # torchaudio.functional.resample's defaults, which the block resampler relies on
-ROLLOFF = 0.99
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 SILENCE_PEAK = 10 ** (-60 / 20)  # a clip whose loudest sample is below -60 dBFS is counted as silent
 WINDOW_SECONDS = 30  # window of the models that take any length (wav2vec2, HuBERT, logmel)
@@ -58,110 +51,6 @@ Inputs = dict[str, Any]  # one window's model inputs (arrays, or Trimmed ones), 
 
 AUDIO_STATS = ("seconds", "loudness_dbfs")  # measured while decoding (see `_file_windows`)
 AUDIO = media_modality("audio", default_embedder="whisper-tiny", stats=AUDIO_STATS)
-
-
-# --- decoding -------------------------------------------------------------------------------------
-
-
-def open_audio(value: bytes | str, base_dir: str) -> Any:
-    """An open `soundfile.SoundFile` over the bytes, or over the path resolved against `base_dir`."""
-    import soundfile as sf
-
-    source = open_media(value, base_dir)
-    source = str(source) if isinstance(source, Path) else source
-    try:
-        return sf.SoundFile(source)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise MediaError(f"cannot decode audio: {_sf_message(e)}") from None
-
-
-def _sf_message(error: Exception) -> str:
-    """libsndfile's own words ('Format not recognised.'), without the file object's repr."""
-    return str(getattr(error, "error_string", "") or error).strip()
-
-
-def mono_blocks(audio: Any, frames: int = READ_BLOCK_FRAMES) -> Iterator[np.ndarray]:
-    """The file's samples as float32 mono blocks (channels averaged)."""
-    import soundfile as sf
-
-    try:
-        while True:
-            block = audio.read(frames, dtype="float32", always_2d=True)
-            if not len(block):
-                return
-            yield block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise MediaError(f"cannot decode audio: {_sf_message(e)}") from None
-
-
-def resample_blocks(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
-    """Resample a stream of blocks so that the concatenation equals `resample(whole signal)`.
-
-    torchaudio's sinc resampler reduces the rates by their gcd (o -> n) and computes each group of n
-    output samples from o input samples plus `width` on each side, zeros beyond the signal's ends. So
-    steps that are a multiple of o, each resampled with `context` (>= width + o) real or zero samples on
-    both sides and trimmed, give exactly the whole-signal result while holding only one step.
-    """
-    if orig == new:
-        yield from blocks
-        return
-    from torchaudio.functional import resample
-
-    g = math.gcd(orig, new)
-    o, n = orig // g, new // g
-    width = math.ceil(LOWPASS_FILTER_WIDTH * o / (min(o, n) * ROLLOFF))
-    context = math.ceil((width + o) / o) * o
-    step = max(o, RESAMPLE_STEP // o * o)
-    skip = context // o * n
-    pending = np.zeros(context, np.float32)  # left context: zeros, as torchaudio pads the start
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        return resample(torch.from_numpy(chunk), orig, new, LOWPASS_FILTER_WIDTH, ROLLOFF).numpy()
-
-    for block in blocks:
-        pending = np.concatenate([pending, block])
-        while len(pending) >= 2 * context + step:
-            yield run(pending[: 2 * context + step])[skip : skip + step // o * n]
-            pending = pending[step:]
-    left = len(pending) - context
-    if left > 0:
-        yield run(pending)[skip : skip + math.ceil(left * n / o)]
-
-
-def cut_windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[np.ndarray]:
-    """Consecutive windows of `window` samples covering the stream; the last one holds the rest.
-
-    Blocks are collected as views and copied once, into their window.
-    """
-    parts: list[np.ndarray] = []
-    held = 0
-    for block in blocks:
-        while len(block):
-            take = min(window - held, len(block))
-            parts.append(block[:take])
-            held += take
-            block = block[take:]
-            if held == window:
-                yield np.concatenate(parts)
-                parts, held = [], 0
-    if held:
-        yield np.concatenate(parts)
-
-
-def decode_windows(value: bytes | str, base_dir: str, rate: int, window: int) -> Iterator[np.ndarray]:
-    """Mono float32 windows at `rate` Hz of an audio file (bytes or path); MediaError if it is not one."""
-    with open_audio(value, base_dir) as audio:
-        blocks = resample_blocks(mono_blocks(audio), int(audio.samplerate), rate)
-        for samples in cut_windows(blocks, window):
-            if not np.isfinite(samples).all():
-                raise MediaError("audio holds non-finite samples (NaN or infinity)")
-            yield samples
-
-
-def load_audio(value: bytes | str, rate: int, base_dir: str = "") -> np.ndarray:
-    """A whole file as mono float32 at `rate` Hz (for tests and tools; the pipeline uses windows)."""
-    parts = list(decode_windows(value, base_dir, rate, window=1 << 62))
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 # --- windows, pooling -----------------------------------------------------------------------------
