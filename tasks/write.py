@@ -218,12 +218,16 @@ def merge(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Stagi
 
 
 def append(db: lancedb.DBConnection, name: str, schema: pa.Schema, data: pa.RecordBatchReader | pa.Table) -> None:
-    """Append rows to a bookkeeping table (`_runs`, `_rejects`), creating it on first use."""
+    """Append rows to a bookkeeping table (`_runs`, `_rejects`, `_metrics`), creating it on first use.
+
+    A table an earlier version of multiembed created gets the columns added since (nulls in its old rows)."""
     table = open_table(db, name)
     if table is None:
         db.create_table(name, data=data, schema=schema)
-    else:
-        table.add(data)
+        return
+    if missing := [f.with_nullable(True) for f in schema if f.name not in table.schema.names]:
+        table.add_columns(pa.schema(missing))
+    table.add(data)
 
 
 def record_run(db: lancedb.DBConnection, rows: list[dict]) -> None:

@@ -431,3 +431,24 @@ def test_merge_upserts_and_deletes_in_one_version(database: str) -> None:
 def test_sql_in_quotes_strings() -> None:
     assert sql_in("id", pa.array([1, 22])) == "id IN (1, 22)"
     assert sql_in("id", pa.array(["a", "it's"])) == "id IN ('a', 'it''s')"
+
+
+def test_a_runs_table_from_an_earlier_version_gets_the_new_columns(database: str) -> None:
+    """`_runs` as the version before `flags` wrote it: the next run's row is appended, old rows read null."""
+    from datetime import UTC, datetime
+
+    from schemas.tables import RUNS_SCHEMA, RUNS_TABLE
+    from tasks.write import record_run
+
+    def row(run_id: str) -> dict:
+        now = datetime.now(UTC)
+        return {"run_id": run_id, "flow_run_id": None, "source": "s", "table": "t", "version": 1, "rows_read": 2,
+                "rows_embedded": 2, "rows_unchanged": 0, "rows_rejected": 0, "rows_truncated": 0, "rows_deleted": 0,
+                "published": True, "flags": "{}", "started_at": now, "finished_at": now, "seconds": 0.0}
+
+    old_schema = pa.schema([f for f in RUNS_SCHEMA if f.name != "flags"])
+    db = lancedb.connect(database)
+    db.create_table(RUNS_TABLE, pa.Table.from_pylist([row("old")], schema=old_schema))
+    record_run(db, [row("new") | {"flags": '{"silent clip": 1}'}])
+    runs = {r["run_id"]: r["flags"] for r in db.open_table(RUNS_TABLE).to_arrow().to_pylist()}
+    assert runs == {"old": None, "new": '{"silent clip": 1}'}
