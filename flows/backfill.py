@@ -73,6 +73,10 @@ def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list
     shards finish."""
     logger = get_run_logger()
     work, results = work_shards(plan)
+    to_read = sum(s.num_rows for s in work)
+    if to_read < plan.rows:
+        logger.info("%s: %d of %d rows are in shards with nothing to embed: not read", plan.source.name,
+                    plan.rows - to_read, plan.rows)
     started, done, resumed = time.monotonic(), 0, 0
     in_flight, shared = runners.shards_in_flight(runner), runners.share(plan)
     pending: deque[ShardFutures] = deque()
@@ -88,10 +92,7 @@ def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list
             results += figures
             done += figures[0].rows_read
             rate = done / max(time.monotonic() - started, 1e-9)
-            logger.info("%s: %d/%d rows (%.0f rows/s)", plan.source.name, done, plan.rows, rate)
-    if (read := sum(s.num_rows for s in work)) < plan.rows:
-        logger.info("%s: %d of %d rows in shards with nothing to embed, not read", plan.source.name,
-                    plan.rows - read, plan.rows)
+            logger.info("%s: %d/%d rows (%.0f rows/s)", plan.source.name, done, to_read, rate)
     if resumed:
         logger.info("%s: resumed %d of %d shards from an interrupted run's staged results", plan.source.name,
                     resumed, len(work))
