@@ -237,6 +237,8 @@ def found(response: httpx.Response) -> dict | None:
 def test_serve_runs_a_triggered_refresh_on_a_real_prefect_server(tmp_path: Path, spawn) -> None:
     write_parquet(tmp_path / "raw" / "docs.parquet", [{"doc_id": i, "body": s} for i, s in enumerate(SENTENCES)])
     config = write_config(tmp_path, [source("docs", {"refresh": CRON, "timezone": TZ})])
+    # A served run honours the config's runner: its shards run on a Dask cluster it starts.
+    config.write_text(config.read_text() + yaml.safe_dump({"runner": {"kind": "dask", "workers": 1}}))
     port = free_port()
     base = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
@@ -291,6 +293,9 @@ def test_serve_runs_a_triggered_refresh_on_a_real_prefect_server(tmp_path: Path,
     db = lancedb.connect(tmp_path / "lancedb")
     table = db.open_table("docs__body__minilm")
     assert (table.version, table.count_rows()) == (1, 20)
-    runs = db.open_table("_runs").to_arrow().to_pylist()
-    assert [(r["table"], r["rows_embedded"]) for r in runs if r["flow_run_id"] == run_id] == [
-        ("docs__body__minilm", 20)]
+    (recorded,) = db.open_table("_runs").to_arrow().to_pylist()
+    assert (recorded["table"], recorded["rows_embedded"]) == ("docs__body__minilm", 20)
+    # The work ran in a subflow on the Dask runner, whose id `_runs` records; its parent is the served run.
+    child = api.get(f"/flow_runs/{recorded['flow_run_id']}").json()
+    assert api.get(f"/task_runs/{child['parent_task_run_id']}").json()["flow_run_id"] == run_id
+    assert "prefect.task_runner.dask" in serve_log.read_text()
