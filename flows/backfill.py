@@ -24,7 +24,7 @@ from flows import stages as t
 from flows.quality import QualityCheckFailed, run_checks
 from schemas.config import RunnerConfig, SourceConfig, load_config
 from tasks.lock import source_lock
-from tasks.sources import Shard, oversized_shards
+from tasks.sources import Shard
 from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for, work_shards
 from tasks.write import Staging
 
@@ -110,8 +110,6 @@ def embed_sources(config: str, source: str | None, kind: Kind, full: bool = Fals
     plans = [t.plan(s, settings.batch_size, settings.database) for s in selected]
     summary = []
     for plan in plans:
-        for warning in oversized_shards(plan.shards, plan.source.shard_rows):
-            logger.warning(warning)
         with source_lock(settings.database, plan.source.name, logger):
             plan, notes = t.fit(plan, refit)
             for note in notes:

@@ -8,7 +8,6 @@ InputError naming the file, the column and what was expected.
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +26,14 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Shard:
-    """Whole row groups of one file: the unit of work of one task (seconds, not milliseconds)."""
+    """Rows of one file: the unit of work of one task (seconds, not milliseconds). Whole row groups, or
+    (`partial`) a slice of a row group bigger than a shard, read by row number."""
 
     file: str
     row_groups: tuple[int, ...]
     first_row: int  # index in the file of the shard's first row
     num_rows: int
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,20 +141,29 @@ def inspect_source(source: SourceConfig, modalities: dict[str, Modality]) -> Sou
 
 
 def plan_shards(files: tuple[str, ...], shard_rows: int) -> list[Shard]:
-    """Pack consecutive row groups into shards of about `shard_rows` rows (a bigger row group is one shard)."""
+    """Pack consecutive row groups into shards of about `shard_rows` rows; a row group bigger than that is
+    cut into slices of `shard_rows` rows, so no task holds more than a shard's rows however the file was
+    written (pandas and pyarrow write a million rows per row group by default)."""
     shards = []
     for file in files:
         meta = pq.ParquetFile(file).metadata
         groups: list[int] = []
-        first = rows = 0
+        first = rows = offset = 0  # the pending shard's first row and rows; the file row of row group i
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
-            if groups and rows + n > shard_rows:
+            if groups and (rows + n > shard_rows or n > shard_rows):
                 shards.append(Shard(file, tuple(groups), first, rows))
-                groups, first, rows = [], first + rows, 0
-            groups.append(i)
-            rows += n
-        if groups and rows:
+                groups, rows = [], 0
+            if n > shard_rows:
+                shards += [Shard(file, (i,), offset + start, min(shard_rows, n - start), partial=True)
+                           for start in range(0, n, shard_rows)]
+            elif n:
+                if not groups:
+                    first = offset
+                groups.append(i)
+                rows += n
+            offset += n
+        if groups:
             shards.append(Shard(file, tuple(groups), first, rows))
     return shards
 
@@ -189,7 +199,10 @@ def read_shard(shard: Shard, layout: SourceLayout) -> pa.Table:
     with `_row`: each row's index in its file."""
     inputs = [c for cols in layout.composites.values() for c in cols]
     physical = list(dict.fromkeys([c for c in layout.schema.names if c not in layout.composites] + inputs))
-    table = pq.ParquetFile(shard.file).read_row_groups(list(shard.row_groups), columns=physical)
+    if shard.partial:
+        table = _read_slice(shard, physical)
+    else:
+        table = pq.ParquetFile(shard.file).read_row_groups(list(shard.row_groups), columns=physical)
     columns = []
     for f in layout.schema:
         if f.name in layout.composites:
@@ -203,17 +216,14 @@ def read_shard(shard: Shard, layout: SourceLayout) -> pa.Table:
     return table.append_column("_row", rows)
 
 
-def oversized_shards(shards: Sequence[Shard], shard_rows: int) -> list[str]:
-    """A warning per file whose row groups are bigger than `shard_rows`: a row group is never split, so one
-    task reads and holds all its rows, and memory grows with it. Says how to rewrite the file."""
-    by_file: dict[str, list[int]] = {}
-    for s in shards:
-        if s.num_rows > shard_rows:
-            by_file.setdefault(s.file, []).append(s.num_rows)
-    return [f"{file}: {len(sizes)} row group(s) hold more than shard_rows ({shard_rows}) rows, up to "
-            f"{max(sizes)}; a row group is read whole by one task, so memory grows with it. Rewrite the file "
-            f"with smaller row groups, e.g. pyarrow.parquet.write_table(table, path, row_group_size={shard_rows})"
-            for file, sizes in by_file.items()]
+def _read_slice(shard: Shard, columns: list[str]) -> pa.Table:
+    """The shard's rows by row number. pyarrow reads a row group whole; DuckDB skips to the rows asked for
+    inside it (4,096 rows from the middle of a 2-million-row group: 30 ms, against 0.8 s for the group)."""
+    query = f"""SELECT {", ".join(quote(c) for c in columns)} FROM read_parquet($file, file_row_number = true)
+        WHERE file_row_number >= $first AND file_row_number < $end ORDER BY file_row_number"""
+    params = {"file": shard.file, "first": shard.first_row, "end": shard.first_row + shard.num_rows}
+    with duckdb.connect() as con:
+        return con.execute(query, params).to_arrow_table()
 
 
 def sample_values(layout: SourceLayout, key: str, id_column: str, size: int, seed: int = 0) -> pa.Array:

@@ -223,8 +223,8 @@ def _merged(plan: SourcePlan, last: sources.Shard, shard: sources.Shard) -> sour
     and the result stays within MERGED_SHARDS shards' rows and one shard's rows to embed."""
     if shard.file != last.file or shard.first_row != last.first_row + last.num_rows:
         return None
-    merged = sources.Shard(last.file, last.row_groups + shard.row_groups, last.first_row,
-                           last.num_rows + shard.num_rows)
+    merged = sources.Shard(last.file, tuple(dict.fromkeys(last.row_groups + shard.row_groups)), last.first_row,
+                           last.num_rows + shard.num_rows, last.partial or shard.partial)
     if merged.num_rows > MERGED_SHARDS * plan.source.shard_rows:
         return None
     diffs = [plan.diffs[spec.name] for spec in plan.tables]

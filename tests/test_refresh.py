@@ -158,6 +158,23 @@ def test_changes_spread_over_every_shard_are_embedded_in_few_merged_shards(tmp_p
     assert sorted(read_shards) == [(i, 8) for i in range(0, 40, 8)]
 
 
+def test_a_file_in_one_big_row_group_is_embedded_in_shard_sized_slices(tmp_path: Path, embed_calls) -> None:
+    """40 rows in a single row group, shards of 8: five slices, each embedded on its own; a refresh reads
+    the slices with edits (merged) and ends equal to a fresh backfill."""
+    config = make_project(tmp_path, [])
+    write_parquet(tmp_path / "raw" / "items.parquet", rows(range(40)), row_group_size=40)
+    embed_calls.clear()
+    assert backfill(config=str(config))[0]["rows_embedded"] == 40
+    assert sorted(embed_calls) == [8] * 5
+    edited = rows(range(40), text=lambda i: "edited" if i in (3, 12) else f"item {i} text")
+    write_parquet(tmp_path / "raw" / "items.parquet", edited, row_group_size=40)
+    (row,) = refresh(config=str(config))
+    assert (row["rows_read"], row["rows_embedded"], row["rows_unchanged"]) == (40, 2, 38)
+    fresh = tmp_path / "fresh"
+    backfill(config=str(make_project(fresh, edited)))
+    assert content(tmp_path) == content(fresh)
+
+
 def test_refresh_can_keep_rows_whose_ids_left(tmp_path: Path) -> None:
     config = make_project(tmp_path, rows(range(20)), deletes="keep")
     backfill(config=str(config))

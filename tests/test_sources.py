@@ -17,7 +17,6 @@ from tasks.sources import (
     SourceLayout,
     find_duplicates,
     inspect_source,
-    oversized_shards,
     plan_shards,
     read_shard,
     resolve_files,
@@ -235,25 +234,51 @@ def test_plan_shards_does_not_exceed_shard_rows_when_groups_fit(tmp_path: Path) 
     assert sum(s.num_rows for s in shards) == 10
 
 
-def test_plan_shards_one_group_per_shard(tmp_path: Path) -> None:
-    f = write(tmp_path / "a.parquet", simple(7), row_group_size=2)  # 2, 2, 2, 1
-    shards = plan_shards((str(f),), shard_rows=1)
-    assert [(s.row_groups, s.first_row, s.num_rows) for s in shards] == [
-        ((0,), 0, 2),
-        ((1,), 2, 2),
-        ((2,), 4, 2),
-        ((3,), 6, 1),
+def test_plan_shards_slices_row_groups_bigger_than_a_shard(tmp_path: Path) -> None:
+    f = write(tmp_path / "a.parquet", simple(11), row_group_size=5)  # 5, 5, 1
+    shards = plan_shards((str(f),), shard_rows=2)
+    assert [(s.row_groups, s.first_row, s.num_rows, s.partial) for s in shards] == [
+        ((0,), 0, 2, True), ((0,), 2, 2, True), ((0,), 4, 1, True),
+        ((1,), 5, 2, True), ((1,), 7, 2, True), ((1,), 9, 1, True),
+        ((2,), 10, 1, False),
     ]
 
 
-def test_plan_shards_big_row_group_stays_one_shard_and_is_warned_about(tmp_path: Path) -> None:
-    f = write(tmp_path / "a.parquet", simple(10), row_group_size=100)
-    small = write(tmp_path / "b.parquet", simple(10), row_group_size=4)
-    shards = plan_shards((str(f), str(small)), shard_rows=4)
-    assert shards[0] == Shard(str(f), (0,), 0, 10)
-    (warning,) = oversized_shards(shards, shard_rows=4)
-    assert warning.startswith(f"{f}: 1 row group(s) hold more than shard_rows (4) rows, up to 10;")
-    assert "row_group_size=4" in warning
+def test_plan_shards_a_big_row_group_between_small_ones(tmp_path: Path) -> None:
+    f = tmp_path / "a.parquet"
+    with pq.ParquetWriter(f, pa.schema([("id", pa.int64()), ("text", pa.string())])) as out:
+        for n, start in ((2, 0), (2, 2), (9, 4), (1, 13)):
+            out.write_table(pa.table(simple(n, start), schema=out.schema), row_group_size=n)
+    shards = plan_shards((str(f),), shard_rows=4)
+    assert [(s.row_groups, s.first_row, s.num_rows, s.partial) for s in shards] == [
+        ((0, 1), 0, 4, False), ((2,), 4, 4, True), ((2,), 8, 4, True), ((2,), 12, 1, True), ((3,), 13, 1, False),
+    ]
+
+
+def test_a_slice_of_a_big_row_group_reads_as_the_group_would(tmp_path: Path) -> None:
+    """A slice is read by DuckDB, row groups by pyarrow: the same rows, in order, with the same types, for
+    every kind of column a source may keep."""
+    n = 50
+    data = pa.table({
+        "id": pa.array(range(n), pa.int32()),
+        "text": pa.array([f"t{i}" if i % 7 else None for i in range(n)], pa.string()).dictionary_encode(),
+        "when": pa.array([1_700_000_000_000 + i for i in range(n)], pa.timestamp("ms", tz="Europe/Berlin")),
+        "day": pa.array(range(n), pa.int32()).cast(pa.date32()),
+        "price": pa.array([f"{i}.25" for i in range(n)]).cast(pa.decimal128(9, 2)),
+        "tags": pa.array([[f"a{i}", "b"] if i % 3 else [] for i in range(n)], pa.list_(pa.string())),
+        "blob": pa.array([bytes([i]) * i for i in range(n)], pa.binary()),
+        "ratio": pa.array([i / 3 if i % 5 else None for i in range(n)], pa.float32()),
+        "count": pa.array(range(n), pa.uint16()),
+    })
+    f = write(tmp_path / "a.parquet", data, row_group_size=n)
+    layout = inspect_source(source(f, keep=("when", "day", "price", "tags", "blob", "ratio", "count")), MODALITIES)
+    slices = plan_shards(layout.files, shard_rows=16)
+    assert [(s.first_row, s.num_rows, s.partial) for s in slices] == [
+        (0, 16, True), (16, 16, True), (32, 16, True), (48, 2, True)]
+    whole = read_shard(Shard(str(f), (0,), 0, n), layout)
+    read = pa.concat_tables(read_shard(s, layout) for s in slices)
+    assert read.schema == whole.schema
+    assert read.equals(whole)
 
 
 def test_plan_shards_several_files(tmp_path: Path) -> None:
