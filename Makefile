@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/backfill_vs_st.py refresh --rows 4000
 	$(BIN)/python bench/backfill_vs_st.py refresh --rows 20000
 	$(BIN)/python bench/backfill_vs_st.py memory
+	$(BIN)/python bench/backfill_vs_st.py memory --row-group 1000000
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/quality_stages.py
 	$(BIN)/python bench/runners.py

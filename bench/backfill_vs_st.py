@@ -1,7 +1,7 @@
 """Text backfill and refresh, each against a baseline run side by side.
 
     python bench/backfill_vs_st.py throughput --rows 4000 --repeats 3  # vs bare sentence-transformers
-    python bench/backfill_vs_st.py memory --rows 1000 --scale 10       # peak RSS at 1x and 10x rows
+    python bench/backfill_vs_st.py memory --rows 1000 --scale 10       # peak RSS at 1x and 10x rows (--row-group N)
     python bench/backfill_vs_st.py refresh --rows 20000 --changed 0.01 # 1% changed vs a full backfill
 
 Throughput runs, interleaved in one process with the same model, texts, batch size and torch threads:
@@ -81,15 +81,18 @@ def one_backfill(config: str) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def memory(rows: int, scale: int) -> None:
+def memory(rows: int, scale: int, row_group: int) -> None:
+    """Peak RSS of a backfill of `rows` and of `scale` times as many, each in a fresh process; the input is
+    written with row groups of `row_group` rows (a huge value: the whole file in one row group)."""
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (rows, rows * scale):
-            config = write_source(Path(tmp) / str(n), n)
+            config = write_source(Path(tmp) / str(n), n, row_group_size=row_group)
             out = subprocess.run([sys.executable, __file__, "child", str(config)], capture_output=True, text=True,
                                  check=True)
             peaks[n] = float(out.stdout.strip().splitlines()[-1])
     print(f"machine: {machine()}")
+    print(f"row groups of at most {row_group} rows")
     for n, peak in peaks.items():
         print(f"rows {n}: peak RSS {peak:.0f} MiB")
     print(f"ratio peak at {scale}x / 1x: {peaks[rows * scale] / peaks[rows]:.2f}")
@@ -128,14 +131,14 @@ def refresh_cost(rows: int, share: float) -> None:
 def main() -> None:
     args = commands(__doc__, {
         "throughput": {"--rows": 4000, "--repeats": 3, "--embedder": "minilm"},
-        "memory": {"--rows": 1000, "--scale": 10},
+        "memory": {"--rows": 1000, "--scale": 10, "--row-group": 512},
         "refresh": {"--rows": 20000, "--changed": 0.01},
         "child": {"config": None},
     })
     if args.mode == "throughput":
         throughput(args.rows, args.repeats, args.embedder)
     elif args.mode == "memory":
-        memory(args.rows, args.scale)
+        memory(args.rows, args.scale, args.row_group)
     elif args.mode == "refresh":
         refresh_cost(args.rows, args.changed)
     else:

@@ -43,7 +43,7 @@ def texts(rows: int) -> list[str]:
 
 def write_source(folder: Path, rows: int, changed: Iterable[int] = (), embedders: list[str] | None = None,
                  column: str = "body", modality: str = "text", values: list | None = None,
-                 batch_size: int = BATCH, quality: bool = False) -> Path:
+                 batch_size: int = BATCH, quality: bool = False, row_group_size: int = 512) -> Path:
     """A Parquet source of `rows` values (texts unless `values` are given; the texts at `changed` edited)
     and its config; returns the config's path. The quality stages that run after a backfill by default
     (evaluate, drift) are off unless `quality`: they are measured apart from the embedding pipeline."""
@@ -52,7 +52,7 @@ def write_source(folder: Path, rows: int, changed: Iterable[int] = (), embedders
     edited = set(changed)
     body = [f"{t} (edited)" if i in edited else t for i, t in enumerate(body)]
     table = pa.table({"id": pa.array(range(len(body)), pa.int64()), column: body})
-    pq.write_table(table, folder / "data.parquet", row_group_size=512)
+    pq.write_table(table, folder / "data.parquet", row_group_size=row_group_size)
     listed = f"        embedders: [{', '.join(embedders)}]\n" if embedders else ""
     (folder / "config.yaml").write_text(
         f"database: ./lancedb\nbatch_size: {batch_size}\nsources:\n  - name: bench\n    path: data.parquet\n"
