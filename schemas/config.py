@@ -130,7 +130,8 @@ class SourceConfig(_Strict):
     id: str = Field(min_length=1, description="column holding a unique, stable row id")
     fields: list[FieldConfig] = Field(min_length=1)
     keep: list[str] = Field(default_factory=list)
-    shard_rows: int = Field(default=4096, ge=1, description="rows per task (whole row groups)")
+    shard_rows: int = Field(default=4096, ge=1,
+                            description="rows per task (row groups packed up to this; a bigger row group is sliced)")
     deletes: Literal["delete", "keep"] = Field(
         default="delete", description="refresh: remove rows whose ids left the source, or keep them"
     )
