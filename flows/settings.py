@@ -10,6 +10,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_sett
 # Flow runs without the heartbeat thread.
 NO_HEARTBEATS = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
 
+
 @contextmanager
 def run_settings() -> Iterator[None]:
     """Without a configured Prefect API (`PREFECT_API_URL`), flows report to a temporary server that lives

@@ -69,7 +69,7 @@ def _payloads(con: duckdb.DuckDBPyConnection, value_sql: str, files: tuple[str, 
     """(file, v, payload) for every distinct value of every Parquet file: what its content hash covers
     (`Modality.payload`, given the file's folder), for the values that name files."""
     values = con.execute(f"""SELECT DISTINCT filename AS file, {value_sql} AS v
-        FROM read_parquet($files, filename = true) WHERE v IS NOT NULL ORDER BY file""",
+        FROM read_parquet($files, filename = true) WHERE v IS NOT NULL""",
                          {"files": list(files)}).fetch_arrow_table()
     parts = []
     for file in pc.unique(values["file"]).to_pylist():

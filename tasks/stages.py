@@ -178,24 +178,6 @@ def staged_figures(plan: SourcePlan, shard: sources.Shard, staging: write.Stagin
     return [ShardFigures(**d) for d in done]
 
 
-def untouched_figures(plan: SourcePlan, shard: sources.Shard) -> list[ShardFigures] | None:
-    """The figures of a shard this run leaves alone in every table (all its rows unchanged), without reading
-    it; None when some table has rows of it to embed or reject.
-
-    A row is left alone only when its (id, content hash) is already in the table, and only valid rows ever
-    got there; rows that must be rejected again (null ids, invalid values) are never in the table, so the
-    diff lists them. The exception is a repeated id whose repeat has the same content: the diff cannot tell
-    the repeat from the first, so a shard holding a repeat is read and validated as usual.
-    """
-    diffs = [plan.diffs[spec.name] for spec in plan.tables]
-    if any(d.mode != "merge" or len(d.rows_to_embed(shard)) for d in diffs):
-        return None
-    repeats = plan.duplicates.filter(pc.equal(plan.duplicates["file"], shard.file))["row"].to_numpy()
-    if ((repeats >= shard.first_row) & (repeats < shard.first_row + shard.num_rows)).any():
-        return None
-    return [ShardFigures(spec.name, shard.num_rows, 0, shard.num_rows, 0, 0) for spec in plan.tables]
-
-
 # A merge run (only new and changed rows embedded) joins neighbouring shards of a file into one task while
 # their rows to embed fit in one shard and the task reads at most MERGED_SHARDS shards' rows: a 1% change
 # spread over a source then costs a few tasks and forward passes, not one of each per shard.
@@ -204,33 +186,49 @@ MERGED_SHARDS = 4
 
 def work_shards(plan: SourcePlan) -> tuple[list[sources.Shard], list[ShardFigures]]:
     """The shards this run reads, neighbours merged (see MERGED_SHARDS), and the figures of the shards it
-    leaves alone (`untouched_figures`). The same work gives the same shards, so a resumed run finds the
-    shards an interrupted one staged."""
+    leaves alone. The same work gives the same shards, so a resumed run finds the shards an interrupted one
+    staged. Only a merge run (every table has a base version) leaves shards alone or merges them.
+
+    A shard is left alone, counted unchanged without being read, when no table has rows of it to embed. A
+    row is unchanged only when its (id, content hash) is already in the table, and only valid rows ever got
+    there; rows that must be rejected again (null ids, invalid values) are never in the table, so the diff
+    lists them. The exception is a repeated id whose repeat has the same content: the diff cannot tell the
+    repeat from the first, so a shard holding a repeat is read and validated as usual.
+    """
+    diffs = [plan.diffs[spec.name] for spec in plan.tables]
+    if any(d.mode != "merge" for d in diffs):
+        return list(plan.shards), []
+    repeats = {f: np.sort(plan.duplicates.filter(pc.equal(plan.duplicates["file"], f))["row"].to_numpy())
+               for f in pc.unique(plan.duplicates["file"]).to_pylist()}
+
+    def to_embed(shard: sources.Shard) -> int:
+        return max(len(d.rows_to_embed(shard)) for d in diffs)
+
+    def holds_repeat(shard: sources.Shard) -> bool:
+        rows = repeats.get(shard.file, np.empty(0, np.int64))
+        return bool(np.searchsorted(rows, shard.first_row + shard.num_rows) - np.searchsorted(rows, shard.first_row))
+
     work: list[sources.Shard] = []
     left_alone: list[ShardFigures] = []
     for shard in plan.shards:
-        if (figures := untouched_figures(plan, shard)) is not None:
-            left_alone += figures
-        elif work and (merged := _merged(plan, work[-1], shard)) is not None:
+        if not to_embed(shard) and not holds_repeat(shard):
+            left_alone += [ShardFigures(spec.name, shard.num_rows, 0, shard.num_rows, 0, 0) for spec in plan.tables]
+            continue
+        merged = _joined(work[-1], shard) if work else None
+        fits = merged is not None and merged.num_rows <= MERGED_SHARDS * plan.source.shard_rows
+        if fits and to_embed(merged) <= plan.source.shard_rows:
             work[-1] = merged
         else:
             work.append(shard)
     return work, left_alone
 
 
-def _merged(plan: SourcePlan, last: sources.Shard, shard: sources.Shard) -> sources.Shard | None:
-    """`last` and `shard` as one shard, if they are neighbours in a file, every table only merges rows in,
-    and the result stays within MERGED_SHARDS shards' rows and one shard's rows to embed."""
+def _joined(last: sources.Shard, shard: sources.Shard) -> sources.Shard | None:
+    """`last` and `shard` as one shard, if `shard` follows `last` in the same file."""
     if shard.file != last.file or shard.first_row != last.first_row + last.num_rows:
         return None
-    merged = sources.Shard(last.file, tuple(dict.fromkeys(last.row_groups + shard.row_groups)), last.first_row,
-                           last.num_rows + shard.num_rows, last.partial or shard.partial)
-    if merged.num_rows > MERGED_SHARDS * plan.source.shard_rows:
-        return None
-    diffs = [plan.diffs[spec.name] for spec in plan.tables]
-    if any(d.mode != "merge" or len(d.rows_to_embed(merged)) > plan.source.shard_rows for d in diffs):
-        return None
-    return merged
+    return sources.Shard(last.file, tuple(dict.fromkeys(last.row_groups + shard.row_groups)), last.first_row,
+                         last.num_rows + shard.num_rows, last.partial or shard.partial)
 
 
 def read(plan: SourcePlan, shard: sources.Shard) -> pa.Table:

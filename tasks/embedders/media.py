@@ -48,7 +48,7 @@ def stamped_paths(values: pa.Array, base_dir: str) -> pa.Array:
     """Bytes as they are; each path with its file's size and modification time appended (`path`, NUL,
     `size:mtime_ns`; nothing after the NUL when there is no such file), so that a file replaced at the same
     path changes the row's content hash and a refresh embeds it again. One stat per row, no file read."""
-    if not pa.types.is_large_string(values.type) and not pa.types.is_string(values.type):
+    if not is_text_type(values.type):
         return values
     paths = values.to_pylist()
     fs = pafs.LocalFileSystem()

@@ -93,8 +93,10 @@ def health_metrics(
     s = spectrum(x)
     rank = effective_rank(s)
     most = min(n - 1, d)  # the most dimensions the sample can span
-    top_k = top_k or math.ceil(most / 10)  # a tenth of what the sample can span: with fewer rows than dimensions,
-    variance = s**2  # a tenth of the dimensions would hold all the variance of any space
+    # A tenth of what the sample can span: with fewer rows than dimensions, a tenth of the dimensions would
+    # hold all the variance of any space.
+    top_k = top_k or math.ceil(most / 10)
+    variance = s**2
     out += [judged("effective_rank", rank, dimensions=d, most=most),
             judged("effective_rank_ratio", rank / most, "lower", effective_rank=rank, most=most),
             judged("top_k_variance_share", variance[:top_k].sum() / variance.sum() if variance.sum() else 1.0,
