@@ -6,19 +6,31 @@ DEMO_DIR ?= multiembed-demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint bench clean
+LOCK := constraints.txt
+
+.PHONY: setup demo test test-fast lint bench clean lock upgrade-check
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs exactly the lock (every distribution pinned); PIP_CONSTRAINT pins the build environment too.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq espeak-ng >/dev/null; } || echo "note: no espeak-ng, so speech tests will skip"
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq chromium >/dev/null; } || echo "note: no chromium: the dashboard browser tests skip (as root they fail)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) pip setuptools
+	PIP_CONSTRAINT=$(abspath $(LOCK)) $(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
 	touch $@
+
+# Resolve pyproject.toml afresh in a throwaway environment and write the lock (then run `make test`).
+lock:
+	$(PYTHON) tools/lockfile.py compile
+
+# The newest versions pyproject.toml allows, in a throwaway environment: fast tests and the demo there,
+# and which packages differ from the lock. Not part of CI: its answer depends on the day's releases.
+upgrade-check:
+	$(PYTHON) tools/lockfile.py upgrade-check
 
 demo: setup
 	$(BIN)/multiembed demo --dir $(DEMO_DIR)

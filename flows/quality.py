@@ -7,6 +7,7 @@ and a source whose `quality.on_fail` is `fail` fails the flow when a check faile
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from multiembed.catalog import open_as_of, resolve_version, table_versions
 from schemas.config import ConfigError, SourceConfig, load_config
-from schemas.tables import table_name
+from schemas.tables import METRIC_STATUSES, table_name
 from tasks.embedders import registry
 from tasks.quality import stages as q
 from tasks.write import open_table
@@ -47,35 +48,48 @@ def run_checks(database: str, source: SourceConfig, versions: dict[str, int | No
     """Run `stages` over each table version, record the metrics, publish an artifact; the `_metrics` rows.
 
     Drift compares with `references[table]`, else with the version the previous run published; a table
-    with nothing to compare with (its first version) has no drift rows.
+    with nothing to compare with (its first version) has no drift rows. A stage that raises is recorded
+    as an "error" row and the other stages and tables go on; with `quality.on_fail: fail`, failed checks
+    and errors fail the flow once everything is recorded (published data is never touched).
     """
     logger = get_run_logger()
     rows: list[dict] = []
     for table, version in versions.items():
+        current = version if version is not None else open_as_of(database, table, None).version
         for stage in stages:
-            reference = None
-            if stage == "evaluate":
-                sample, metrics = evaluate_task(database, source, table, version, source_tables(source).get(table))
-            elif stage == "bias":
-                sample, metrics = bias_task(database, source, table, version, batch_size)
-            else:
-                current = version if version is not None else open_as_of(database, table, None).version
-                reference = (references or {}).get(table) or q.previous_version(database, table, current)
-                if reference is None:
-                    logger.info("%s: version %d is the first; no drift to check", table, current)
-                    continue
-                sample, metrics = drift_task(database, source, table, current, reference)
-            rows += q.metric_rows(run_id, stage, sample, metrics, reference)
+            try:
+                rows += stage_rows(database, source, table, current, stage, run_id, batch_size, references)
+            except Exception as e:  # noqa: BLE001 (a stage's failure is a result: recorded, not raised)
+                logger.exception("%s v%d: the %s stage failed", table, current, stage)
+                rows.append(q.error_row(run_id, stage, table, current, e))
     q.record_metrics(database, rows)
     summarise(rows, run_id)
-    failed = [r for r in rows if r["status"] == "fail"]
     for r in (r for r in rows if r["status"] != "ok"):
-        logger.warning("%s v%d %s %s = %s (threshold %s): %s", r["table"], r["version"], r["stage"], r["metric"],
-                       _number(r["value"]), _number(r["threshold"]), r["status"])
+        logger.warning("%s v%d %s %s = %s (threshold %s): %s%s", r["table"], r["version"], r["stage"], r["metric"],
+                       _number(r["value"]), _number(r["threshold"]), r["status"],
+                       f" ({json.loads(r['details'])['error']})" if r["status"] == "error" else "")
+    failed = [r for r in rows if r["status"] in ("fail", "error")]
     if failed and source.quality.on_fail == "fail":
         names = sorted({f"{r['table']}:{r['metric']}" for r in failed})
         raise QualityCheckFailed(f"{source.name}: {len(failed)} quality check(s) failed: {', '.join(names)}")
     return rows
+
+
+def stage_rows(database: str, source: SourceConfig, table: str, version: int, stage: q.Stage, run_id: str,
+               batch_size: int, references: dict[str, int] | None) -> list[dict]:
+    """The `_metrics` rows of one stage over one table version (none for drift on a first version)."""
+    reference = None
+    if stage == "evaluate":
+        sample, metrics = evaluate_task(database, source, table, version, source_tables(source).get(table))
+    elif stage == "bias":
+        sample, metrics = bias_task(database, source, table, version, batch_size)
+    else:
+        reference = (references or {}).get(table) or q.previous_version(database, table, version)
+        if reference is None:
+            get_run_logger().info("%s: version %d is the first; no drift to check", table, version)
+            return []
+        sample, metrics = drift_task(database, source, table, version, reference)
+    return q.metric_rows(run_id, stage, sample, metrics, reference)
 
 
 def _number(value: float | None) -> str:
@@ -86,9 +100,9 @@ def summarise(rows: list[dict], run_id: str) -> None:
     """A Prefect artifact of the run's checks: counts by status in markdown, and every metric as a table."""
     if not rows:
         return
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "warn", "fail")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in METRIC_STATUSES}
     lines = [f"# Quality checks of run {run_id}", "",
-             f"{len(rows)} metrics: {counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail", "",
+             f"{len(rows)} metrics: " + ", ".join(f"{n} {s}" for s, n in counts.items()), "",
              "| table | version | stage | metric | value | threshold | status |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['table']} | {r['version']} | {r['stage']} | {r['metric']} | {_number(r['value'])} | "
               f"{_number(r['threshold'])} | {r['status']} |" for r in rows if r["status"] != "ok"]
@@ -127,7 +141,7 @@ def quality(config: str, stages: list[q.Stage], source: str | None = None, table
 
 def print_metrics(rows: list[dict]) -> None:
     """The metrics as an aligned table, worst first."""
-    order = {"fail": 0, "warn": 1, "ok": 2}
+    order = {"error": 0, "fail": 1, "warn": 2, "ok": 3}
     rows = sorted(rows, key=lambda r: (order[r["status"]], r["table"], r["stage"], r["metric"]))
     print(f"{'status':6}  {'table':40}  {'version':>7}  {'stage':8}  {'metric':40}  {'value':>10}  threshold")
     for r in rows:

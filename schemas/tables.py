@@ -52,7 +52,7 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 
-METRIC_STATUSES = ("ok", "warn", "fail")
+METRIC_STATUSES = ("ok", "warn", "fail", "error")  # error: the statistic raised
 
 METRICS_SCHEMA = pa.schema(
     [
@@ -64,7 +64,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("metric", pa.string(), nullable=False),
         pa.field("value", pa.float64()),
         pa.field("threshold", pa.float64()),
-        pa.field("status", pa.string(), nullable=False),  # ok, warn, fail (METRIC_STATUSES)
+        pa.field("status", pa.string(), nullable=False),  # METRIC_STATUSES
         pa.field("details", pa.string()),  # JSON
         pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]

@@ -122,6 +122,26 @@ def test_fitting_is_repeatable_to_the_byte() -> None:
     assert tfidf.fit(texts(CORPUS)) == tfidf.fit(texts(CORPUS))
 
 
+def test_tabular_keeps_only_live_dimensions() -> None:
+    """Wine's 13 measurements plus a constant column and a column that is the sum of two others: 13 independent
+    features (the missing indicators are constant too), so 13 dimensions, each with real spread."""
+    wine = load_wine()
+    columns = {n: wine.data[:, i].tolist() for i, n in enumerate(wine.feature_names)}
+    columns["constant"] = [7.5] * len(wine.data)
+    columns["acid_sum"] = (wine.data[:, 1] + wine.data[:, 2]).tolist()
+    rows = table(columns)
+    embedder = tabular.TabularEmbedder(tabular.fit(rows))
+    vectors = embedder.embed(embedder.prepare(rows))
+    assert embedder.info.dim == np.linalg.matrix_rank(wine.data - wine.data.mean(axis=0)) == 13
+    assert embedder.info.metadata()["dim"] == "13" and vectors.shape == (len(wine.data), 13)
+    assert vectors.std(axis=0).min() > 1e-3 * vectors.std(axis=0).max()
+
+
+def test_tabular_with_no_varying_column_cannot_be_fitted() -> None:
+    with pytest.raises(InputError, match="no column varies"):
+        tabular.fit(table({"a": [1.0] * 5, "b": [2.0] * 5}))
+
+
 def knn_accuracy(vectors: np.ndarray, labels: np.ndarray) -> float:
     return float(cross_val_score(KNeighborsClassifier(5), vectors, labels, cv=5).mean())
 

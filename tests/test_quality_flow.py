@@ -140,3 +140,80 @@ def test_pairs_give_retrieval_metrics_and_an_index_its_recall(tmp_path: Path) ->
     assert (details["queries"], details["pairs_missing"]) == (4, 1)
     assert out["recall_at_1"]["value"] == out["mrr"]["value"] == 1.0  # the same text is the nearest
     assert 0 < out["index_recall_at_10"]["value"] <= 1
+
+
+def pathological_project(tmp_path: Path, n: int, offset: int = 0) -> Path:
+    """Rows real tables have: a constant number column and one that repeats another (dead dimensions for a
+    fitted projection), exact duplicates, and texts without a term tf-idf knows (zero vectors)."""
+    data = []
+    for r in rows(n, offset):
+        i = r["id"]
+        body = f"zq{i}x" if i % 10 == 0 else r["body"] if i % 7 else rows(1)[0]["body"]
+        data.append({**r, "body": body, "flat": 5.0, "twice": 2 * r["price"]})
+    schema = SCHEMA.append(pa.field("flat", pa.float64())).append(pa.field("twice", pa.float64()))
+    write_parquet(tmp_path / "raw" / "part-0.parquet", data, schema, row_group_size=64)
+    fields = [{"column": "body", "modality": "text", "embedders": ["fake", "tfidf"]},
+              {"columns": ["price", "flat", "twice"], "modality": "table", "name": "deal"}]
+    return write_config(tmp_path, [{"name": "docs", "path": "raw", "id": "id", "fields": fields, "keep": ["topic"],
+                                    "quality": {"label": "topic", "sample": 100, "after": ["evaluate", "drift"]}}])
+
+
+def test_pathological_tables_get_every_statistic_finite_or_none(tmp_path: Path) -> None:
+    """Evaluate and drift over tables with constant columns, duplicated rows and zero vectors: no error, every
+    value finite or None with the reason."""
+    cfg = pathological_project(tmp_path, 200)
+    backfill(config=str(cfg))
+    pathological_project(tmp_path, 260, offset=100)  # a refresh: new rows, deleted rows, version 2
+    refresh(config=str(cfg))
+    recorded = metrics(tmp_path)
+    assert {(r["stage"], r["version"]) for r in recorded} == {("evaluate", 1), ("evaluate", 2), ("drift", 2)}
+    assert [r for r in recorded if r["status"] == "error"] == []
+    assert all(r["value"] is None or np.isfinite(r["value"]) for r in recorded)
+    assert all(json.loads(r["details"]).get("reason") for r in recorded if r["value"] is None)
+    by_metric = {(r["table"], r["metric"], r["version"]): r for r in recorded}
+    assert by_metric[("docs__body__tfidf", "norm_min", 1)]["value"] == 0  # the rows without a known term
+    assert by_metric[("docs__body__tfidf", "duplicate_share", 1)]["value"] > 0
+    assert by_metric[("docs__deal__tabular", "linear_probe_accuracy", 2)]["value"] > 0.9  # price tells topics
+    table = lancedb.connect(str(tmp_path / "lancedb")).open_table("docs__deal__tabular")
+    assert table.schema.field("vector").type.list_size == 1  # price alone varies independently
+
+
+def test_a_statistic_that_raises_is_recorded_and_the_rest_go_on(tmp_path: Path, monkeypatch) -> None:
+    from tasks.quality import labels, stages
+
+    def broken(*args, **kwargs):
+        raise ValueError("Input X contains NaN")
+
+    monkeypatch.setitem(labels.LABEL_METRICS, "linear_probe_accuracy", broken)
+    cfg = project(tmp_path, rows(100), {"after": ["evaluate"]})
+    summary = backfill(config=str(cfg))  # returns: an error is a result, not a crash
+    assert all(r["published"] for r in summary)
+    recorded = {(r["table"], r["metric"]): r for r in metrics(tmp_path)}
+    for table in ("docs__body__fake", "docs__body__tfidf", "docs__deal__tabular"):
+        error = recorded[(table, "linear_probe_accuracy")]
+        assert error["status"] == "error" and error["value"] is None
+        assert json.loads(error["details"])["error"] == "ValueError: Input X contains NaN"
+        assert recorded[(table, "knn_accuracy")]["value"] is not None  # the other statistics went on
+        assert recorded[(table, "v_measure")]["value"] is not None
+
+    # A stage that fails before any statistic: one "error" row named after the stage, other tables go on.
+    real = stages.read_sample
+
+    def unreadable(database, table, *args, **kwargs):
+        if table == "docs__body__fake":
+            raise OSError("version 1 cannot be read")
+        return real(database, table, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "read_sample", unreadable)
+    rows_out = quality(config=str(cfg), stages=["evaluate"])
+    errors = [r for r in rows_out if r["status"] == "error" and r["metric"] == "evaluate"]
+    assert [(r["table"], r["version"], json.loads(r["details"])["error"]) for r in errors] == [
+        ("docs__body__fake", 1, "OSError: version 1 cannot be read")]
+    assert {r["table"] for r in rows_out if r["metric"] == "knn_accuracy"} == {"docs__body__tfidf",
+                                                                               "docs__deal__tabular"}
+
+    # With on_fail: fail the error fails the flow, after everything is recorded; the data stays published.
+    project(tmp_path, rows(100), {"after": [], "on_fail": "fail"})
+    with pytest.raises(QualityCheckFailed, match="docs__body__fake:evaluate"):
+        quality(config=str(cfg), stages=["evaluate"])
+    assert lancedb.connect(str(tmp_path / "lancedb")).open_table("docs__body__fake").count_rows() == 100

@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 from multiembed.dashboard.data import TableData
 from multiembed.warehouse import SIGNIFICANCE
 
-STATUS_COLOURS = {"ok": "#2e7d32", "warn": "#ef6c00", "fail": "#c62828"}
+STATUS_COLOURS = {"ok": "#2e7d32", "warn": "#ef6c00", "fail": "#c62828", "error": "#6a1b9a"}
 ROW_KINDS = {  # run_history column -> (bar name, colour)
     "rows_embedded": ("embedded", "#1f77b4"),
     "rows_unchanged": ("unchanged", "#b0b0b0"),

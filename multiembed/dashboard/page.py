@@ -97,10 +97,9 @@ def quality_section(data: DashboardData, charts: Charts) -> str:
     newest value of each check as numbers."""
     if data.metrics.is_empty():
         return '<p class="note">No quality checks yet.</p>'
-    parts = [f'<p class="note">Markers: <b style="color:{figures.STATUS_COLOURS["ok"]}">ok</b>, '
-             f'<b style="color:{figures.STATUS_COLOURS["warn"]}">warn</b>, '
-             f'<b style="color:{figures.STATUS_COLOURS["fail"]}">fail</b>; dashed lines are thresholds, dotted '
-             f"lines baseline embedders; an open marker is a bias effect with p &ge; {SIGNIFICANCE}.</p>"]
+    markers = ", ".join(f'<b style="color:{colour}">{status}</b>' for status, colour in figures.STATUS_COLOURS.items())
+    parts = [f'<p class="note">Markers: {markers} (the statistic raised; no value); dashed lines are thresholds, '
+             f"dotted lines baseline embedders; an open marker is a bias effect with p &ge; {SIGNIFICANCE}.</p>"]
     groups = data.metrics.select("source", "field", "stage").unique().sort("source", "field", "stage")
     for source, field, stage in groups.iter_rows():
         mine = data.metrics.filter((pl.col("source") == source) & (pl.col("field") == field)

@@ -3,7 +3,10 @@
 `tabular` follows the background notes on structured data: numeric columns standardised (non-finite
 and missing values imputed with the mean, plus a missing indicator), categorical columns one-hot over
 a fitted vocabulary of their frequent values (rare and unseen values share an unknown slot, nulls a
-missing slot), all concatenated and reduced by PCA to at most DIM dimensions. PCA over the one-hot
+missing slot), all concatenated and reduced by PCA to at most DIM dimensions, keeping only components
+whose variance is not negligible (a table has as many live dimensions as it has independent features:
+a constant missing indicator or a column that is a sum of others adds none, and a dead component is
+float rounding that breaks any statistic that standardises it). PCA over the one-hot
 blocks is what learns dense codes for large vocabularies: values that co-occur with similar rows land
 near each other. The fitted state (means, scales, vocabularies, projection) is stored with the table
 (see `tasks.fitted`), so vectors from different runs stay comparable.
@@ -25,7 +28,10 @@ from tasks.embedders.base import Embedder, EmbedderInfo, FeatureRows, Modality
 from tasks.embedders.text import TokenBatches
 from tasks.sources import InputError, is_text_type
 
-DIM = 32  # dense dimensions (fewer when the table has fewer features)
+DIM = 32  # dense dimensions at most (fewer when the table has fewer independent features)
+# A component whose variance is below this share of the first one's is rounding, not structure: its
+# standard deviation is under float32 resolution (~1e-7) relative to the first component's.
+DEAD_VARIANCE = 1e-12
 MAX_VOCAB = 1_000  # most frequent values kept per categorical column
 MIN_COUNT = 2  # a value seen fewer times in the fitting sample maps to the unknown slot
 
@@ -126,8 +132,12 @@ def fit(sample: pa.Array) -> bytes:
     if dim < 1:
         raise InputError(f"tabular needs at least 2 rows and 2 features to fit; got {features.shape}")
     pca = PCA(dim, svd_solver="covariance_eigh").fit(features)  # exact and repeatable (no random start)
-    meta["dim"] = dim
-    arrays.update(center=pca.mean_.astype(np.float64), basis=pca.components_.astype(np.float64))
+    variance = pca.explained_variance_
+    live = variance > DEAD_VARIANCE * variance.max(initial=0.0)
+    if not live.any():
+        raise InputError("tabular: no column varies in the fitting sample, so rows have nothing to tell them apart")
+    meta["dim"] = int(live.sum())
+    arrays.update(center=pca.mean_.astype(np.float64), basis=pca.components_[live].astype(np.float64))
     return fitted.pack(meta, arrays)
 
 

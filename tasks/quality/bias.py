@@ -24,8 +24,8 @@ from dataclasses import replace
 import numpy as np
 
 from tasks.quality.labels import knn_predict
-from tasks.quality.metric import SAMPLE_SIZES, Metric, Severity, check, subsample, threshold_for
-from tasks.quality.space import cosine_neighbours, unit_rows
+from tasks.quality.metric import SAMPLE_SIZES, Metric, Severity, check, subsample, threshold_for, unknown
+from tasks.quality.space import NEGLIGIBLE_SPREAD, cosine_neighbours, unit_rows
 from tasks.quality.wordsets import DEFINITIONAL_PAIRS, OCCUPATIONS, SEAT_TEMPLATES, WEAT_TESTS, AssociationTest
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -34,12 +34,15 @@ EXACT_PARTITIONS = 100_000  # enumerate every partition up to this many (8 + 8 w
 
 def weat(
     x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, permutations: int = 10_000, seed: int = 0
-) -> tuple[float, float, dict]:
-    """(effect size d, two-sided permutation p-value, details) of targets x, y against attributes a, b."""
+) -> tuple[float | None, float, dict]:
+    """(effect size d, two-sided permutation p-value, details) of targets x, y against attributes a, b.
+
+    d is None when every target word is equally associated (no spread to scale the difference by)."""
     w, a, b = (unit_rows(v).astype(np.float64) for v in (np.vstack([x, y]), a, b))
     s = (w @ a.T).mean(axis=1) - (w @ b.T).mean(axis=1)
     n, nx = len(s), len(x)
-    d = float((s[:nx].mean() - s[nx:].mean()) / s.std(ddof=1))
+    spread = s.std(ddof=1)
+    d = float((s[:nx].mean() - s[nx:].mean()) / spread) if spread > NEGLIGIBLE_SPREAD else None
     partitions = math.comb(n, nx)
     exact = partitions <= EXACT_PARTITIONS
     if exact:
@@ -57,8 +60,11 @@ def weat(
                                  "seed": seed}
 
 
-def _judged(name: str, d: float, details: dict, thresholds: Mapping[str, float] | None, severity: Severity) -> Metric:
+def _judged(name: str, d: float | None, details: dict, thresholds: Mapping[str, float] | None,
+            severity: Severity) -> Metric:
     """Judge |d| against the medium/large levels; a test that is not significant is "ok"."""
+    if d is None:
+        return unknown(name, "every target is equally associated with both attribute sets", **details)
     metric = replace(check(name, abs(d), "higher", thresholds=thresholds, severity=severity, details=details), value=d)
     significant = details["p_value"] < threshold_for("bias_p_value", thresholds)
     return metric if significant else replace(metric, status="ok")
@@ -111,7 +117,8 @@ def gender_direction(female: np.ndarray, male: np.ndarray) -> tuple[np.ndarray, 
     half = (f - m) / 2  # each pair centred on its mean: +half and -half, so the set has mean zero
     _, s, vt = np.linalg.svd(np.vstack([half, -half]), full_matrices=False)
     direction = vt[0] if (half @ vt[0]).sum() >= 0 else -vt[0]
-    return direction, float(s[0] ** 2 / (s**2).sum())
+    total = (s**2).sum()
+    return direction, float(s[0] ** 2 / total) if total > 0 else 0.0
 
 
 def gender_bias(
@@ -133,7 +140,17 @@ def group_bias(
     sample: int = SAMPLE_SIZES["neighbours"], thresholds: Mapping[str, float] | None = None,
     severity: Severity = "warn",
 ) -> list[Metric]:
-    """Per-group bias for any modality: neighbour share gap, centroid distance, kNN accuracy gap (with labels)."""
+    """Per-group bias for any modality: neighbour share gap, centroid distance, kNN accuracy gap (with labels).
+
+    Rows with a non-finite value are left out; with fewer than 2 rows the values are None."""
+    vectors, groups = np.asarray(vectors), np.asarray(groups)
+    finite = np.isfinite(vectors).all(axis=1)
+    vectors, groups = vectors[finite], groups[finite]
+    labels = None if labels is None else np.asarray(labels)[finite]
+    if len(vectors) < 2:
+        names = ["neighbour_share_gap", "group_centroid_distance"]
+        names += [] if labels is None else ["knn_accuracy_gap"]
+        return [unknown(name, f"{len(vectors)} finite rows: no neighbours") for name in names]
     rows = subsample(len(vectors), sample, seed)
     unit = unit_rows(np.asarray(vectors)[rows])
     names, codes = np.unique(np.asarray(groups)[rows], return_inverse=True)

@@ -9,7 +9,8 @@
   sample (Roy & Vetterli 2007), and the share of variance in the top components;
 - hubness: skewness of the k-occurrence distribution (how often each row is among the k nearest
   neighbours of the others; Radovanović et al. 2010): hubs crowd search results.
-Statistics other than the non-finite counts use the finite rows only.
+Statistics other than the non-finite counts use the finite rows only, in float64; scale-free ones (rank,
+variance shares) are computed on the sample divided by its largest entry, so huge norms cannot overflow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 from tasks.quality.metric import SAMPLE_SIZES, Metric, Severity, Worse, check, subsample
-from tasks.quality.space import cosine_neighbours, unit_rows
+from tasks.quality.space import cosine_neighbours, peak_scaled, row_norms, unit_rows
 
 
 def anisotropy(vectors: np.ndarray, pairs: int = SAMPLE_SIZES["pairs"], seed: int = 0) -> tuple[float, float]:
@@ -35,8 +36,8 @@ def anisotropy(vectors: np.ndarray, pairs: int = SAMPLE_SIZES["pairs"], seed: in
 
 
 def spectrum(vectors: np.ndarray) -> np.ndarray:
-    """Singular values of the centred rows, largest first."""
-    x = np.asarray(vectors, dtype=np.float64)
+    """Singular values of the centred rows divided by the largest absolute entry, largest first."""
+    x = peak_scaled(vectors)
     return np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
 
 
@@ -81,7 +82,7 @@ def health_metrics(
     if n < 2:
         return out
 
-    norms = np.linalg.norm(x, axis=1)
+    norms = row_norms(x)
     out += [judged("norm_mean", norms.mean()), judged("norm_std", norms.std()),
             judged("norm_min", norms.min(), "lower"), judged("norm_max", norms.max())]
     unique = len(np.unique(x, axis=0))
@@ -104,7 +105,7 @@ def health_metrics(
 
     rows = subsample(n, sample, seed)
     counts = k_occurrence(cosine_neighbours(x[rows], k))
-    skewness = float(stats.skew(counts)) if counts.std() > 0 else 0.0
+    skewness = float(stats.skew(counts.astype(np.float64))) if counts.min() < counts.max() else 0.0
     out.append(judged("hubness_skewness", skewness, k=min(k, len(rows) - 1), rows=len(rows), seed=seed,
                       max_occurrence=int(counts.max()), antihub_share=float((counts == 0).mean())))
     return out

@@ -7,7 +7,8 @@ Three views of the same question, from local to global:
 - clustering agreement: k-means with as many clusters as classes, scored by the v-measure; whether the
   classes are the dominant structure of the space, with no supervision at all.
 Accuracies are judged against chance (the majority class's share) unless the caller sets a threshold.
-Rows with a missing label should be left out by the caller; labels are any sortable array.
+Rows with a missing label should be left out by the caller; labels are any sortable array. Rows with a
+non-finite value are left out here. A statistic without enough rows or classes is None, with the reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import v_measure_score
 
-from tasks.quality.metric import SAMPLE_SIZES, Metric, Severity, check, subsample
+from tasks.quality.metric import SAMPLE_SIZES, Metric, Severity, check, subsample, unknown
 from tasks.quality.space import cosine_neighbours, cross_validated, unit_rows
 
 
@@ -31,9 +32,11 @@ def knn_predict(neighbours: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 def _sampled(vectors: np.ndarray, labels: np.ndarray, sample: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The seeded sample of rows, with labels as class codes 0..C-1."""
-    rows = subsample(len(vectors), sample, seed)
-    return np.asarray(vectors)[rows], np.unique(np.asarray(labels)[rows], return_inverse=True)[1].ravel()
+    """The seeded sample of the finite rows, with labels as class codes 0..C-1."""
+    vectors, labels = np.asarray(vectors), np.asarray(labels)
+    finite = np.flatnonzero(np.isfinite(vectors).all(axis=1))
+    rows = finite[subsample(len(finite), sample, seed)]
+    return vectors[rows], np.unique(labels[rows], return_inverse=True)[1].ravel()
 
 
 def _chance(codes: np.ndarray) -> float:
@@ -47,6 +50,8 @@ def knn_accuracy(
 ) -> Metric:
     """Leave-one-out accuracy of the majority label of each row's k nearest (cosine) neighbours."""
     x, codes = _sampled(vectors, labels, sample, seed)
+    if len(x) < 2:
+        return unknown("knn_accuracy", f"{len(x)} finite rows: no neighbours to vote", k=k, rows=len(x))
     correct = knn_predict(cosine_neighbours(x, k), codes) == codes
     return check("knn_accuracy", correct.mean(), "lower", thresholds=thresholds, severity=severity,
                  default=_chance(codes), details={"k": k, "rows": len(x), "chance": _chance(codes), "seed": seed})
@@ -68,7 +73,7 @@ def linear_probe_accuracy(
     details = {"folds": folds, "rows": int(kept.sum()), "dropped_classes": int((sizes < folds).sum()),
                "dropped_rows": int((~kept).sum()), "seed": seed}
     if len(np.unique(codes)) < 2:
-        return check("linear_probe_accuracy", None, "lower", thresholds=thresholds, details=details)
+        return unknown("linear_probe_accuracy", f"fewer than 2 classes with {folds} rows or more", **details)
     predicted = cross_validated(unit_rows(x), codes, folds, seed)
     details["chance"] = _chance(codes)
     return check("linear_probe_accuracy", (predicted == codes).mean(), "lower", thresholds=thresholds,
@@ -84,10 +89,15 @@ def cluster_agreement(
     classes = len(np.unique(codes))
     details = {"clusters": classes, "rows": len(x), "seed": seed}
     if classes < 2:
-        return check("v_measure", None, "lower", thresholds=thresholds, details=details)
+        return unknown("v_measure", f"{classes} classes: nothing to agree on", **details)
     clusters = KMeans(n_clusters=classes, n_init=3, random_state=seed).fit_predict(unit_rows(x))
     return check("v_measure", v_measure_score(codes, clusters), "lower", thresholds=thresholds,
                  severity=severity, details=details)
+
+
+# The label statistics by the metric each returns.
+LABEL_METRICS = {"knn_accuracy": knn_accuracy, "linear_probe_accuracy": linear_probe_accuracy,
+                 "v_measure": cluster_agreement}
 
 
 def label_metrics(
@@ -95,5 +105,4 @@ def label_metrics(
     thresholds: Mapping[str, float] | None = None, severity: Severity = "warn",
 ) -> list[Metric]:
     """kNN accuracy, linear-probe accuracy and clustering agreement of `vectors` against `labels`."""
-    return [f(vectors, labels, seed=seed, thresholds=thresholds, severity=severity)
-            for f in (knn_accuracy, linear_probe_accuracy, cluster_agreement)]
+    return [f(vectors, labels, seed=seed, thresholds=thresholds, severity=severity) for f in LABEL_METRICS.values()]

@@ -2,18 +2,23 @@
 
 A metric is one row of `_metrics`: a value, the threshold it was judged against and a status. A check
 that does not pass is "warn" unless the caller asks for `severity="fail"` (the source's
-`quality.on_fail`); a metric with no threshold, or whose value could not be computed (None), is "ok".
+`quality.on_fail`); a metric with no threshold, or whose value could not be computed (None, with the
+reason in `details`), is "ok". Every value is finite or None: `check` turns a non-finite value into None.
+A statistic that raises is recorded by `guarded` as one metric with status "error" and the exception's
+message, so one statistic never takes down the others, the stage or the run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-Status = Literal["ok", "warn", "fail"]
+Status = Literal["ok", "warn", "fail", "error"]  # error: the statistic raised (message in details)
 Severity = Literal["warn", "fail"]
 Worse = Literal["higher", "lower"]  # which side of the threshold is the bad one
 
@@ -113,6 +118,9 @@ def check(
     `severity`; without one, crossing the threshold gives `severity`.
     """
     value = None if value is None else float(value)
+    if value is not None and not math.isfinite(value):
+        details = {**(details or {}), "reason": f"not finite ({value})"}
+        value = None
     threshold = threshold_for(name, thresholds, default)
     large = threshold_for(name, thresholds, suffix="_large")
     if large is None:
@@ -121,6 +129,21 @@ def check(
         status = status_for(value, large, worse, severity)
         status = status if status != "ok" else status_for(value, threshold, worse, "warn")
     return Metric(name, value, threshold, status, details or {})
+
+
+def unknown(name: str, reason: str, **details: object) -> Metric:
+    """A statistic that has no value on this input (too few rows, one class, no spread), and why."""
+    return Metric(name, None, None, "ok", {"reason": reason, **details})
+
+
+def guarded(name: str, compute: Callable[[], Metric | list[Metric]]) -> list[Metric]:
+    """The metrics `compute` returns; if it raises, one metric `name` with status "error" and the message."""
+    try:
+        out = compute()
+    except Exception as e:  # noqa: BLE001 (any statistic's failure is a result, never a crash)
+        logging.getLogger(__name__).warning("quality statistic %s failed: %s: %s", name, type(e).__name__, e)
+        return [Metric(name, None, None, "error", {"error": f"{type(e).__name__}: {e}"})]
+    return out if isinstance(out, list) else [out]
 
 
 def subsample(n_rows: int, size: int, seed: int = 0) -> np.ndarray:

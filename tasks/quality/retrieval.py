@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from tasks.quality.metric import Metric, Severity, check
+from tasks.quality.metric import Metric, Severity, check, unknown
 from tasks.quality.space import neighbour_overlap, similarity_blocks, top_k, unit_rows
 
 
@@ -62,7 +62,7 @@ def retrieval_metrics(
                "corpus": len(unit)}
     if not len(queries):
         names = [f"recall_at_{k}" for k in ks] + ["mrr", f"ndcg_at_{ndcg_k}"]
-        return [check(name, None, "lower", thresholds=thresholds, details=details) for name in names]
+        return [unknown(name, "no pair with both ids in the table", **details) for name in names]
     hit, count, rank = np.vstack(hits), np.concatenate(counts), np.concatenate(ranks)
     ideal = np.cumsum(discount)[np.minimum(count, ndcg_k) - 1]
     values = {f"recall_at_{k}": (hit[:, :k].sum(axis=1) / count).mean() for k in ks}
@@ -84,7 +84,9 @@ def score_correlation(
     cos = np.einsum("ij,ij->i", unit[a[found]], unit[b[found]])
     details = {"pairs": int(found.sum()), "pairs_missing": int((~found).sum())}
     if found.sum() < 3:
-        return check("spearman", None, "lower", thresholds=thresholds, details=details)
+        return unknown("spearman", "fewer than 3 pairs in the table", **details)
+    if np.ptp(cos) == 0 or np.ptp(np.asarray(scores, dtype=np.float64)[found]) == 0:
+        return unknown("spearman", "the similarities or the scores are all equal: no ranking", **details)
     result = stats.spearmanr(cos, np.asarray(scores)[found])
     details["p_value"] = float(result.pvalue)
     return check("spearman", result.statistic, "lower", thresholds=thresholds, severity=severity, details=details)

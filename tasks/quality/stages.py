@@ -25,7 +25,7 @@ from tasks import write
 from tasks.embedders import registry
 from tasks.embedders.base import ModelLoadError
 from tasks.quality import bias, drift, health, labels, retrieval
-from tasks.quality.metric import Metric, Severity
+from tasks.quality.metric import Metric, Severity, guarded
 
 Stage = Literal["evaluate", "bias", "drift"]
 SEED = 0
@@ -129,20 +129,23 @@ def evaluate(database: str, source: SourceConfig, table: str, version: int | Non
         extra = pa.concat_arrays([pairs[c].combine_chunks() for c in pairs.column_names if c != "score"])
     sample = read_sample(database, table, version, [label] if label else [], q.sample, extra)
     opts = {"thresholds": q.thresholds, "severity": q.on_fail}
-    metrics = health.health_metrics(sample.vectors, seed=SEED, **opts)
+    metrics = guarded("health", lambda: health.health_metrics(sample.vectors, seed=SEED, **opts))
     if label and len(sample.ids) < MIN_ROWS:
         metrics.append(too_few("knn_accuracy", len(sample.ids)))
     elif label:
-        metrics += labels.label_metrics(sample.vectors, sample.columns[label].astype(str), seed=SEED, **opts)
+        classes = sample.columns[label].astype(str)
+        for name, statistic in labels.LABEL_METRICS.items():
+            metrics += guarded(name, lambda f=statistic: f(sample.vectors, classes, seed=SEED, **opts))
     if pairs is not None:
         ids = sample.ids.to_numpy(zero_copy_only=False)
         if "query" in pairs.column_names:
-            metrics += retrieval.retrieval_metrics(sample.vectors, ids, pairs["query"].to_numpy(),
-                                                   pairs["relevant"].to_numpy(), **opts)
+            metrics += guarded("retrieval", lambda: retrieval.retrieval_metrics(
+                sample.vectors, ids, pairs["query"].to_numpy(), pairs["relevant"].to_numpy(), **opts))
         else:
-            metrics.append(retrieval.score_correlation(sample.vectors, ids, pairs["a"].to_numpy(),
-                                                       pairs["b"].to_numpy(), pairs["score"].to_numpy(), **opts))
-    return sample, metrics + index_recall(database, table, sample, q.on_fail, q.thresholds)
+            metrics += guarded("spearman", lambda: retrieval.score_correlation(
+                sample.vectors, ids, pairs["a"].to_numpy(), pairs["b"].to_numpy(), pairs["score"].to_numpy(), **opts))
+    return sample, metrics + guarded("index_recall_at_10",
+                                     lambda: index_recall(database, table, sample, q.on_fail, q.thresholds))
 
 
 def table_embedder(sample: VersionSample, batch_size: int) -> registry.Embedder | None:
@@ -171,14 +174,16 @@ def bias_checks(database: str, source: SourceConfig, table: str, version: int | 
         def embed(texts: list[str]) -> np.ndarray:
             return embedder.embed(embedder.prepare(pa.array(texts, pa.large_string()), ""))
 
-        metrics += bias.weat_tests(embed, seed=SEED, **opts) + bias.seat_tests(embed, seed=SEED, **opts)
-        metrics.append(bias.gender_bias(embed, **opts))
+        metrics += guarded("weat_effect_size", lambda: bias.weat_tests(embed, seed=SEED, **opts))
+        metrics += guarded("seat_effect_size", lambda: bias.seat_tests(embed, seed=SEED, **opts))
+        metrics += guarded("direct_bias", lambda: bias.gender_bias(embed, **opts))
     if q.sensitive and len(sample.ids) < MIN_ROWS:
         metrics.append(too_few("neighbour_share_gap", len(sample.ids)))
     elif q.sensitive:
         groups = sample.columns[q.sensitive].astype(str)
         label_values = sample.columns[q.label].astype(str) if q.label else None
-        metrics += bias.group_bias(sample.vectors, groups, label_values, seed=SEED, **opts)
+        metrics += guarded("group_bias", lambda: bias.group_bias(sample.vectors, groups, label_values, seed=SEED,
+                                                                 **opts))
     return sample, metrics
 
 
@@ -193,14 +198,17 @@ def drift_checks(database: str, source: SourceConfig, table: str, version: int |
     opts = {"thresholds": q.thresholds, "severity": q.on_fail}
     if min(len(old.ids), len(current.ids)) < MIN_ROWS:
         return current, [too_few("drift", min(len(old.ids), len(current.ids)))]
-    inputs = input_drift(old, current, opts)
+    inputs = guarded("input_drift", lambda: input_drift(old, current, opts))
     if old.metadata == current.metadata:
-        return current, inputs + drift.drift_metrics(old.vectors, current.vectors, seed=SEED, **opts)
+        return current, inputs + guarded("drift", lambda: drift.drift_metrics(old.vectors, current.vectors,
+                                                                               seed=SEED, **opts))
     common, in_old, in_new = np.intersect1d(old.ids.to_numpy(zero_copy_only=False),
                                             current.ids.to_numpy(zero_copy_only=False), return_indices=True)
     if len(common) < MIN_ROWS:
         return current, inputs + [too_few("knn_overlap", len(common))]
-    return current, inputs + [drift.knn_overlap(old.vectors[in_old], current.vectors[in_new], seed=SEED, **opts)]
+    return current, inputs + guarded("knn_overlap", lambda: drift.knn_overlap(old.vectors[in_old],
+                                                                              current.vectors[in_new], seed=SEED,
+                                                                              **opts))
 
 
 def too_few(metric: str, rows: int) -> Metric:
@@ -225,13 +233,25 @@ def input_drift(old: VersionSample, current: VersionSample, opts: dict) -> list[
 def metric_rows(run_id: str, stage: Stage, sample: VersionSample, metrics: list[Metric],
                 reference: int | None = None) -> list[dict]:
     """`_metrics` rows for the metrics of one stage over one table version."""
-    now = datetime.now(UTC)
-    return [{
-        "run_id": run_id, "table": sample.table, "version": sample.version, "reference_version": reference,
+    sizes = {"rows": sample.rows, "sampled": len(sample.ids)}
+    return [_row(run_id, stage, sample.table, sample.version, reference, m, sizes) for m in metrics]
+
+
+def error_row(run_id: str, stage: Stage, table: str, version: int, error: Exception,
+              reference: int | None = None) -> dict:
+    """The `_metrics` row of a stage that failed before any statistic (a version that cannot be read, ...):
+    metric = the stage's name, status "error", the exception's message in details."""
+    metric = Metric(stage, None, None, "error", {"error": f"{type(error).__name__}: {error}"})
+    return _row(run_id, stage, table, version, reference, metric, {})
+
+
+def _row(run_id: str, stage: Stage, table: str, version: int, reference: int | None, m: Metric,
+         sizes: dict) -> dict:
+    return {
+        "run_id": run_id, "table": table, "version": version, "reference_version": reference,
         "stage": stage, "metric": m.metric, "value": m.value, "threshold": m.threshold, "status": m.status,
-        "details": json.dumps({"rows": sample.rows, "sampled": len(sample.ids), **m.details}, default=float),
-        "computed_at": now,
-    } for m in metrics]
+        "details": json.dumps({**sizes, **m.details}, default=float), "computed_at": datetime.now(UTC),
+    }
 
 
 def record_metrics(database: str, rows: list[dict]) -> None:
