@@ -3,7 +3,8 @@
 Wiring only: plan every source first (so bad input fails before anything is written); then, per
 source and under its lock, give fitted embedders their state (fit), diff against the tables, run the
 shards through read -> validate -> prepare -> embed -> write with a bounded number in flight (so memory
-does not grow with the input), skipping shards an interrupted run already staged, and publish. The
+does not grow with the input), skipping shards an interrupted run already staged, and publish. A run
+killed while publishing is completed by the next run of its source before anything else (`tasks.publish`). The
 task runner is a parameter of the flow (`runners.with_runner(backfill, spec)`), so a Ray or Dask
 cluster runs the same shards.
 """
@@ -23,6 +24,7 @@ from flows import runners
 from flows import stages as t
 from flows.quality import QualityCheckFailed, run_checks
 from schemas.config import RunnerConfig, SourceConfig, load_config
+from tasks import failpoints
 from tasks.lock import source_lock
 from tasks.sources import Shard
 from tasks.stages import Kind, RunInfo, ShardFigures, SourcePlan, staged_figures, staging_for, work_shards
@@ -91,6 +93,7 @@ def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list
             figures = wait_shard(pending.popleft())
             results += figures
             done += figures[0].rows_read
+            failpoints.reached(f"staged:{len(results) // len(plan.tables)}")
             rate = done / max(time.monotonic() - started, 1e-9)
             logger.info("%s: %d/%d rows (%.0f rows/s)", plan.source.name, done, to_read, rate)
     if resumed:
@@ -108,16 +111,20 @@ def embed_sources(config: str, source: str | None, kind: Kind, full: bool = Fals
     if shortfall := runners.gpu_shortfall(settings.runner.gpus_per_embed_task):
         logger.warning(shortfall)
     plans = [t.plan(s, settings.batch_size, settings.database) for s in selected]
+    failpoints.reached("planned")
     summary = []
     for plan in plans:
         with source_lock(settings.database, plan.source.name, logger):
+            for row in t.complete_interrupted(settings.database, plan.source.name):
+                logger.warning("%s: completed the publish of interrupted run %s: version %d", row["table"],
+                               row["run_id"], row["version"])
             plan, notes = t.fit(plan, refit)
             for note in notes:
                 logger.info(note)
             plan = t.diff(plan, full)
+            failpoints.reached("diffed")
             staging = staging_for(plan, kind)
             summary += t.publish(plan, staging, run_shards(plan, staging, settings.runner), run, kind)
-            staging.remove()
     for row in summary:
         logger.info(
             "%s: %s, %d read, %d embedded, %d unchanged, %d rejected, %d truncated, %d deleted, %.1f s",

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
+from tasks import publish as publishing
 from tasks import stages
 
 TRANSIENT = (OSError, TimeoutError, ConnectionError)
@@ -40,4 +41,5 @@ validate = _stage(stages.validate, "validate", retries=0)
 prepare = _stage(stages.prepare, "prepare", retries=0)
 embed = _stage(stages.embed, "embed")
 stage = _stage(stages.stage, "write")
-publish = _stage(stages.publish, "publish")
+publish = _stage(publishing.publish, "publish")
+complete_interrupted = _stage(publishing.complete_interrupted, "complete-interrupted-publish")

@@ -20,7 +20,9 @@ import pyarrow.fs as pafs
 
 from schemas.config import ConfigError
 from schemas.tables import embedding_metadata
+from tasks import publish as publishing
 from tasks.lock import source_lock, unless_running
+from tasks.write import Staging
 
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -94,6 +96,9 @@ def print_versions(database: str, table: str | None = None) -> None:
     print(f"{'table':<{width}}  {'version':>7}  {'time (UTC)':<19}  {'rows':>9}  tags")
     for r in rows:
         print(f"{r.table:<{width}}  {r.version:>7}  {r.timestamp:%Y-%m-%d %H:%M:%S}  {r.rows:>9}  {', '.join(r.tags)}")
+    for source, run_id in sorted(publishing.interrupted(database).items()):
+        print(f"incomplete: source {source}: run {run_id} was stopped while publishing, so its tables may be at "
+              "different runs; the next backfill or refresh of the source completes it first")
 
 
 # A table as of a version, tag or time
@@ -300,8 +305,8 @@ def remove_stale_staging(database: str, older_than: timedelta) -> list[str]:
     cutoff = datetime.now(UTC) - older_than
     removed = []
     for folder in fs.get_file_info(pafs.FileSelector(root)):
-        if folder.type != pafs.FileType.Directory:
-            continue
+        if folder.type != pafs.FileType.Directory or publishing.read_intent(Staging(database, folder.base_name)):
+            continue  # a publish to complete is never stale
         inside = fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
         if any(f.mtime is not None and f.mtime > cutoff for f in [folder, *inside]):
             continue

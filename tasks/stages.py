@@ -2,7 +2,7 @@
 
 plan (every source, before any work) -> fit (embedders learnt from the data: reuse the table's state,
 or fit one) -> diff (per source, against each table's latest version) -> per shard: read -> validate
--> prepare -> embed -> write (stage) -> publish (one version per table).
+-> prepare -> embed -> write (stage) -> publish (one version per table: `tasks.publish`).
 Every row read is accounted for per table: rows_read = rows_embedded + rows_unchanged + rows_rejected.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -305,49 +305,3 @@ class RunInfo:
     run_id: str
     flow_run_id: str | None
     started_at: datetime
-
-
-def publish_table(db: lancedb.DBConnection, plan: SourcePlan, spec: TableSpec, staging: write.Staging,
-                  embedded: int, kind: Kind, tag: str) -> tuple[int, int, bool]:
-    """Publish one table as its diff says; returns (version, rows_deleted, published)."""
-    change = plan.diffs[spec.name]
-    if change.mode != "merge":
-        version, deleted = write.replace(db, spec.name, spec.schema, staging)
-    else:
-        keep_gone = kind == "refresh" and plan.source.deletes == "keep"
-        delete = change.stale.slice(0, 0) if keep_gone else write.ids_to_delete(change.stale, staging, spec.name,
-                                                                                 spec.schema)
-        if not embedded and not len(delete):
-            return change.base_version, 0, False  # nothing changed: no new version
-        version, deleted = write.merge(db, spec.name, spec.schema, staging, delete), len(delete)
-    db.open_table(spec.name).tags.create(tag, version)
-    return version, deleted, True
-
-
-def publish(plan: SourcePlan, staging: write.Staging, figures: list[ShardFigures], run: RunInfo,
-            kind: Kind) -> list[dict]:
-    """Publish stage: at most one new version per table of the source, then its `_rejects` and `_runs` rows."""
-    db = lancedb.connect(plan.database)
-    rows = []
-    for spec in plan.tables:
-        mine = [f for f in figures if f.table == spec.name]
-        totals = {k: sum(getattr(f, k) for f in mine) for k in ("rows_read", "rows_embedded", "rows_unchanged",
-                                                                 "rows_rejected", "rows_truncated")}
-        flags: dict[str, int] = {}
-        for f in mine:
-            for condition, count in f.flags.items():
-                flags[condition] = flags.get(condition, 0) + count
-        version, deleted, published = publish_table(db, plan, spec, staging, totals["rows_embedded"], kind,
-                                                    tag=f"run-{run.run_id}")
-        finished = datetime.now(UTC)
-        rows.append({
-            "run_id": run.run_id, "flow_run_id": run.flow_run_id, "source": plan.source.name, "table": spec.name,
-            "version": version, **totals, "rows_deleted": deleted, "published": published,
-            "flags": json.dumps(flags, sort_keys=True),
-            "started_at": run.started_at, "finished_at": finished,
-            "seconds": (finished - run.started_at).total_seconds(),
-        })
-    if any(r["rows_rejected"] for r in rows):
-        write.record_rejects(db, staging, [t.name for t in plan.tables], run.run_id)
-    write.record_run(db, rows)
-    return rows

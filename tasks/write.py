@@ -47,13 +47,14 @@ class Staging:
     def folder(self, kind: str, table: str) -> str:
         return f"{self.root}/{kind}/{table}"
 
-    def _put(self, kind: str, table: str, name: str, write_to: Callable[[str, pafs.FileSystem], None]) -> None:
-        """Write a file atomically (temp name, then rename), so a re-run never reads half a file.
+    def _put(self, uri: str, name: str, write_to: Callable[[str, pafs.FileSystem], None]) -> None:
+        """Write file `name` in folder `uri` atomically (temp name, then rename), so a re-run never reads half
+        a file.
 
         The temp name is unique, so two attempts at the same shard (a retry while a worker thought lost
         still runs) never write into one file, and hidden (a leading dot), so the half file of a killed
         attempt is skipped by `read`'s dataset discovery, which ignores such names."""
-        fs, folder = pafs.FileSystem.from_uri(self.folder(kind, table))
+        fs, folder = pafs.FileSystem.from_uri(uri)
         fs.create_dir(folder, recursive=True)
         temp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
         write_to(temp, fs)
@@ -61,7 +62,8 @@ class Staging:
 
     def write(self, kind: str, table: str, shard_key: str, data: pa.Table) -> None:
         """Stage one shard's rows for `table` (kind: vectors or rejects)."""
-        self._put(kind, table, f"{shard_key}.parquet", lambda path, fs: pq.write_table(data, path, filesystem=fs))
+        self._put(self.folder(kind, table), f"{shard_key}.parquet",
+                  lambda path, fs: pq.write_table(data, path, filesystem=fs))
 
     def mark_done(self, table: str, shard_key: str, figures: dict[str, int]) -> None:
         """Record that a shard is fully staged for `table`, with its figures (written last)."""
@@ -71,7 +73,11 @@ class Staging:
             with fs.open_output_stream(path) as f:
                 f.write(blob)
 
-        self._put("done", table, f"{shard_key}.json", put)
+        self._put(self.folder("done", table), f"{shard_key}.json", put)
+
+    def put_file(self, name: str, write_to: Callable[[str, pafs.FileSystem], None]) -> None:
+        """Write file `name` at the top of the staging folder, atomically (the publish intent)."""
+        self._put(self.root, name, write_to)
 
     def done(self, table: str, shard_key: str) -> dict[str, int] | None:
         """The figures of a shard staged earlier for `table`, or None if it is not done."""
@@ -95,6 +101,15 @@ class Staging:
         fs, root = pafs.FileSystem.from_uri(self.root)
         if fs.get_file_info(root).type == pafs.FileType.Directory:
             fs.delete_dir(root)
+
+
+def staging_folders(database: str, source: str | None = None) -> list[Staging]:
+    """The staging folders of `source`'s runs (`_staging/<source>-<key>`), or of every source's."""
+    fs, root = pafs.FileSystem.from_uri(f"{database.rstrip('/')}/_staging")
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    return [Staging(database, f.base_name) for f in fs.get_file_info(pafs.FileSelector(root))
+            if f.type == pafs.FileType.Directory and source in (None, f.base_name.rsplit("-", 1)[0])]
 
 
 def shard_key(file: str, first_row: int) -> str:
@@ -170,21 +185,16 @@ def count_deleted(previous: lancedb.table.Table, new_ids: pa.RecordBatchReader) 
         return con.execute("SELECT count(*) FROM old_ids ANTI JOIN new_ids USING (id)").fetchone()[0]
 
 
-def replace(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Staging) -> tuple[int, int]:
-    """Make everything staged for the table its new content, in one new version.
+def replace(db: lancedb.DBConnection, name: str, schema: pa.Schema, staging: Staging) -> int:
+    """Make everything staged for the table its new content, in one new version; returns it.
 
-    Returns (version, rows_deleted), where rows_deleted counts ids of the previous version that the
-    new one no longer has. Earlier versions stay readable (LanceDB keeps them).
+    Earlier versions stay readable (LanceDB keeps them).
     """
-    previous = open_table(db, name)
-    deleted = 0
-    if previous is not None:
-        deleted = count_deleted(previous, staging.read("vectors", name, schema, columns=["id"]))
     table = db.create_table(
         name, data=staging.read("vectors", name, schema), schema=schema,
-        mode="overwrite" if previous is not None else "create",
+        mode="overwrite" if open_table(db, name) is not None else "create",
     )
-    return table.version, deleted
+    return table.version
 
 
 def ids_to_delete(stale: pa.Array, staging: Staging, name: str, schema: pa.Schema) -> pa.Array:

@@ -271,11 +271,19 @@ def stage(database: str, run_id: str, name: str, *parts: pa.Table) -> Staging:
     return staging
 
 
+def replace_counting(db: lancedb.DBConnection, name: str, staging: Staging) -> tuple[int, int]:
+    """(version, ids of the previous version gone): what the publish stage records for a replace."""
+    previous = write.open_table(db, name)
+    ids = staging.read("vectors", name, schema(), columns=["id"])
+    deleted = 0 if previous is None else write.count_deleted(previous, ids)
+    return write.replace(db, name, schema(), staging), deleted
+
+
 def test_publish_first_then_replace(database: str) -> None:
     db = lancedb.connect(database)
     name = "docs__body__minilm"
 
-    version, deleted = write.replace(db, name, schema(), stage(database, "run-1", name, rows([1, 2]), rows([3])))
+    version, deleted = replace_counting(db, name, stage(database, "run-1", name, rows([1, 2]), rows([3])))
     assert (version, deleted) == (1, 0)
     table = db.open_table(name)
     assert table.version == 1
@@ -283,7 +291,7 @@ def test_publish_first_then_replace(database: str) -> None:
     first_versions = len(table.list_versions())
 
     second = pa.concat_tables([rows([2]), rows([3], fingerprint="new"), rows([4, 5])])
-    version, deleted = write.replace(db, name, schema(), stage(database, "run-2", name, second))
+    version, deleted = replace_counting(db, name, stage(database, "run-2", name, second))
     assert version == 2
     assert deleted == 1  # id 1 is gone
     table = db.open_table(name)
@@ -310,9 +318,9 @@ def test_publish_counts_every_vanished_id(database: str) -> None:
     db = lancedb.connect(database)
     name = "t"
     write.replace(db, name, schema(), stage(database, "r1", name, rows([1, 2, 3, 4, 5])))
-    version, deleted = write.replace(db, name, schema(), stage(database, "r2", name, rows([5, 6])))
+    version, deleted = replace_counting(db, name, stage(database, "r2", name, rows([5, 6])))
     assert (version, deleted) == (2, 4)
-    version, deleted = write.replace(db, name, schema(), stage(database, "r3", name, rows([5, 6, 7])))
+    version, deleted = replace_counting(db, name, stage(database, "r3", name, rows([5, 6, 7])))
     assert (version, deleted) == (3, 0)
 
 
@@ -320,7 +328,7 @@ def test_publish_with_nothing_staged_empties_the_table(database: str) -> None:
     db = lancedb.connect(database)
     name = "t"
     write.replace(db, name, schema(), stage(database, "r1", name, rows([1, 2])))
-    version, deleted = write.replace(db, name, schema(), Staging(database, "r2"))
+    version, deleted = replace_counting(db, name, Staging(database, "r2"))
     assert (version, deleted) == (2, 2)
     table = db.open_table(name)
     assert table.count_rows() == 0

@@ -19,6 +19,7 @@ from multiembed.catalog import table_names, version_rows
 from multiembed.warehouse import connect, open_database
 from schemas.config import PipelineConfig
 from schemas.tables import embedding_metadata
+from tasks import publish as publishing
 
 MAP_ROWS = 2_000  # rows sampled per version for the embedding map
 MAP_VERSIONS = 3  # the latest versions made by the latest version's model, sampled for "colour by version"
@@ -49,6 +50,7 @@ class DashboardData:
     rejects: pl.DataFrame  # reject_reasons
     metrics: pl.DataFrame  # metric_history
     tables: list[TableData]
+    interrupted: dict[str, str]  # source -> its run stopped while publishing (the next run completes it)
 
     @property
     def empty(self) -> bool:
@@ -72,7 +74,7 @@ def load(config: PipelineConfig) -> DashboardData:
         for name, dataset in datasets.items() if embedding_metadata(dataset.schema)
     ]
     return DashboardData(config.database, view["table_status"], view["reject_reasons"], view["metric_history"],
-                         tables)
+                         tables, publishing.interrupted(config.database))
 
 
 def table_data(dataset: lance.LanceDataset, name: str, runs: pl.DataFrame, label: str | None) -> TableData:

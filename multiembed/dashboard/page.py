@@ -38,6 +38,7 @@ td.status-warn { color: #ef6c00; font-weight: 600; }
 td.status-fail { color: #c62828; font-weight: 600; }
 .chart { margin: 0.5rem 0 1.5rem; }
 .note { color: #666; font-size: 0.85rem; }
+.warning { color: #c62828; font-weight: 600; }
 .empty { font-size: 1.2rem; padding: 3rem 0; }
 </style>
 $script
@@ -89,7 +90,10 @@ def status_section(data: DashboardData) -> str:
     columns = ["table", "status", "version", "last_run_at", "rows_read", "rows_embedded", "rows_unchanged",
                "rows_rejected", "rows_deleted", "seconds", "rows_per_second", "checks_ok", "checks_warn",
                "checks_fail", "checked_version"]
-    return frame_html(data.status.select(columns))
+    notes = "".join(f'<p class="warning">Incomplete: source <b>{html.escape(source)}</b>: run {html.escape(run)} was '
+                    "stopped while publishing, so its tables may be at different runs; the next backfill or refresh "
+                    "of the source completes it first.</p>" for source, run in sorted(data.interrupted.items()))
+    return notes + frame_html(data.status.select(columns))
 
 
 def quality_section(data: DashboardData, charts: Charts) -> str:
