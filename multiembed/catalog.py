@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +21,7 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from schemas.config import ConfigError
-from schemas.tables import embedding_metadata
+from schemas.tables import NAME_PATTERN, embedding_metadata, source_of
 from tasks import publish as publishing
 from tasks.lock import source_lock, unless_running
 from tasks.write import Staging
@@ -102,6 +104,22 @@ def print_versions(database: str, table: str | None = None) -> None:
 
 
 # A table as of a version, tag or time
+
+
+@contextmanager
+def writing(database: str, table: str) -> Iterator[None]:
+    """Hold the lock of `table`'s source, after checking that the table exists and is an embedding table,
+    and with any publish of the source that a killed run left unfinished completed first (a command that
+    writes a version must not land between two of that publish's commits)."""
+    db = lancedb.connect(database)
+    name = chosen_tables(db, database, table)[0]
+    try:
+        source = source_of(name)
+    except ValueError as e:
+        raise ConfigError(f"{e}: only embedding tables can be restored or compacted one by one") from None
+    with source_lock(database, source, logging.getLogger("multiembed")):
+        publishing.complete_interrupted(database, source)
+        yield
 
 
 def open_as_of(database: str, table: str, as_of: str | None) -> lancedb.table.Table:
@@ -224,10 +242,11 @@ def restore(database: str, table: str, as_of: str) -> Restored:
 
     LanceDB writes a new version that points at the old version's files (no data is copied); every
     version stays, so a restore can itself be undone. The new version is tagged `restore-<UTC time>`,
-    which also keeps `compact` from removing it. It holds the lock of the table's source, so it never
-    lands between a running refresh's diff and its publish.
+    which also keeps `compact` from removing it. The name is checked against the catalogue before any
+    file is touched; then the restore holds the lock of the table's source, so it never lands between a
+    running refresh's diff and its publish, and completes first a publish a killed run left unfinished.
     """
-    with source_lock(database, table.split("__")[0], logging.getLogger("multiembed")):
+    with writing(database, table):
         handle = open_as_of(database, table, as_of)
         source = handle.version
         previous = table_versions(handle)[-1].version
@@ -278,17 +297,30 @@ def compact(database: str, retention: timedelta, table: str | None = None) -> li
 
     Tagged versions (every run's publish) and the latest are never removed. LanceDB's own `optimize`
     refuses to clean up past a tagged version, so this uses the Lance dataset API, which can skip them.
+    An embedding table is compacted under its source's lock (`writing`), so a compaction never lands
+    between a run's diff and its merge; the bookkeeping tables only ever get appends, which LanceDB's
+    conflict resolution lets commit beside a compaction.
     """
     db = lancedb.connect(database)
     done = []
     for name in chosen_tables(db, database, table):
-        dataset = db.open_table(name).to_lance()
-        merged = dataset.optimize.compact_files()
-        cleaned = dataset.cleanup_old_versions(older_than=retention, error_if_tagged_old_versions=False)
+        with writing(database, name) if is_embedding_table(name) else nullcontext():
+            dataset = db.open_table(name).to_lance()
+            merged = dataset.optimize.compact_files()
+            cleaned = dataset.cleanup_old_versions(older_than=retention, error_if_tagged_old_versions=False)
         tagged = tuple(sorted(info["version"] for info in dataset.tags.list().values()))
         done.append(Compacted(name, merged.fragments_removed, merged.fragments_added, cleaned.old_versions,
                               cleaned.bytes_removed, tagged))
     return done
+
+
+def is_embedding_table(name: str) -> bool:
+    """Whether `name` is a source's embedding table (not `_runs`, `_rejects`, `_metrics`, `_fitted`)."""
+    try:
+        source_of(name)
+    except ValueError:
+        return False
+    return True
 
 
 def remove_stale_staging(database: str, older_than: timedelta) -> list[str]:
@@ -310,7 +342,10 @@ def remove_stale_staging(database: str, older_than: timedelta) -> list[str]:
         inside = fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
         if any(f.mtime is not None and f.mtime > cutoff for f in [folder, *inside]):
             continue
-        with unless_running(database, folder.base_name.rsplit("-", 1)[0]) as idle:
+        source = folder.base_name.rsplit("-", 1)[0]
+        if not re.fullmatch(NAME_PATTERN, source):
+            continue  # not a run's staging folder: nothing of ours to remove
+        with unless_running(database, source) as idle:
             if idle:
                 fs.delete_dir(folder.path)
                 removed.append(folder.base_name)

@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Modality = Literal["text", "image", "audio", "table"]
+from schemas.tables import NAME_PATTERN
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+Modality = Literal["text", "image", "audio", "table"]
 
 
 class ConfigError(ValueError):

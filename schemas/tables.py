@@ -10,7 +10,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
+
+# Source and field names: what may stand in table names and in paths made from them (lock files).
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 RUNS_TABLE = "_runs"
 REJECTS_TABLE = "_rejects"
@@ -75,6 +80,15 @@ def table_name(source: str, column: str, embedder: str) -> str:
     """`<source>__<column>__<embedder>`, with characters LanceDB does not allow in names made `_`."""
     safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in embedder)
     return f"{source}__{column}__{safe}"
+
+
+def source_of(table: str) -> str:
+    """The source an embedding table belongs to (what `table_name` put first); ValueError for a name that
+    no source makes (a bookkeeping table, `../`, any other character), so the name is safe in a path."""
+    source = table.split("__", 1)[0]
+    if "__" not in table or not re.fullmatch(NAME_PATTERN, source):
+        raise ValueError(f"{table!r} is not an embedding table name (<source>__<field>__<embedder>)")
+    return source
 
 
 INPUT_STATS = "input_stats"

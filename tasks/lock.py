@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from schemas.tables import NAME_PATTERN
+
 
 @contextmanager
 def _lock_file(database: str, source: str) -> Iterator[IO[str]]:
+    """The open lock file of `source`: `<database>/_locks/<source>.lock`, for a valid source name only (so the
+    path never leaves the database)."""
+    if not re.fullmatch(NAME_PATTERN, source):
+        raise ValueError(f"{source!r} is not a source name; no lock file is made for it")
     path = Path(database) / "_locks" / f"{source}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:

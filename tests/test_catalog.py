@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -347,17 +348,17 @@ def test_compact_removes_staging_no_run_will_resume_and_keeps_recent_or_held_sta
     from tasks.lock import source_lock
     from tasks.write import Staging
 
-    for key in ("docs-00aa", "docs-11bb", "busy-source-22cc"):
+    for key in ("docs-00aa", "docs-11bb", "busy_source-22cc"):
         Staging(database, key).mark_done(TABLE, "shard-0", {"rows_read": 1})
     old = time.time() - 3 * 86400
-    for key in ("docs-00aa", "busy-source-22cc"):
+    for key in ("docs-00aa", "busy_source-22cc"):
         folder = Path(database) / "_staging" / key
         for path in [*folder.rglob("*"), folder]:
             os.utime(path, (old, old))
-    with source_lock(database, "busy-source", logging.getLogger("test")):
+    with source_lock(database, "busy_source", logging.getLogger("test")):
         assert main(["compact", config, "--retention", "2d"]) == 0
     assert "removed 1 staging folder(s)" in capsys.readouterr().out
-    assert sorted(p.name for p in (Path(database) / "_staging").iterdir()) == ["busy-source-22cc", "docs-11bb"]
+    assert sorted(p.name for p in (Path(database) / "_staging").iterdir()) == ["busy_source-22cc", "docs-11bb"]
     assert main(["compact", config, "--retention", "2d"]) == 0  # the run is over: its old folder goes too
     assert sorted(p.name for p in (Path(database) / "_staging").iterdir()) == ["docs-11bb"]
 
@@ -405,3 +406,67 @@ def test_restore_waits_for_a_run_holding_the_source_lock(config: str, database: 
         assert version_numbers(database) == [1, 2, 3, 4, 5]
     worker.join(timeout=30)
     assert finished.is_set() and version_numbers(database)[-1] == 6
+
+
+# Hostile names: checked against the catalogue before any file is touched
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/victim", "docs__../../x", "/etc/passwd", "docs"])
+@pytest.mark.parametrize("command", [["restore", "{name}", "1"], ["compact", "--table", "{name}"],
+                                     ["show", "{name}"]])
+def test_a_hostile_table_name_exits_2_and_touches_no_file(tmp_path: Path, config: str, database: str,
+                                                         capsys: pytest.CaptureFixture[str], name: str,
+                                                         command: list[str]) -> None:
+    victim = tmp_path.parent / "elsewhere" / "victim.lock"
+    victim.parent.mkdir(exist_ok=True)
+    victim.write_text("precious")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = [part.format(name=name) for part in command]
+    assert main([argv[0], config, *argv[1:]]) == 2
+    assert capsys.readouterr().err.strip()
+    assert victim.read_text() == "precious"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no lock, no folder
+    assert version_numbers(database) == [1, 2, 3, 4, 5]
+
+
+def test_only_embedding_tables_are_restored(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["restore", config, "_runs", "1"]) == 2
+    assert "not an embedding table name" in capsys.readouterr().err
+
+
+def test_restore_in_an_empty_database_leaves_no_lock(tmp_path: Path) -> None:
+    source = {"name": "docs", "path": "unused.parquet", "id": "id", "fields": [{"column": "body", "modality": "text"}]}
+    config = write_config(tmp_path, [source], database=str(tmp_path / "empty-db"))
+    assert main(["restore", str(config), "docs__body__minilm", "1"]) == 2
+    assert not (tmp_path / "empty-db" / "_locks").exists()
+
+
+def test_lock_files_are_made_only_for_source_names(database: str) -> None:
+    from tasks.lock import source_lock
+
+    for name in ("../victim", "Docs", "a/b", ""):
+        with pytest.raises(ValueError, match="not a source name"), source_lock(database, name,
+                                                                               logging.getLogger("test")):
+            pass
+    assert not (Path(database) / "_locks").exists()
+
+
+def test_compact_waits_for_a_run_holding_the_source(config: str, database: str) -> None:
+    """A run's diff and its merge must not have a compaction between them: compact takes the source's lock."""
+    import threading
+
+    from tasks.lock import source_lock
+
+    finished = threading.Event()
+
+    def compact() -> None:
+        main(["compact", config, "--retention", "0s", "--table", TABLE])
+        finished.set()
+
+    with source_lock(database, "docs", logging.getLogger("test")):
+        thread = threading.Thread(target=compact)
+        thread.start()
+        assert not finished.wait(3)  # blocked behind the run
+        assert version_numbers(database) == [1, 2, 3, 4, 5]
+    thread.join(60)
+    assert finished.is_set()

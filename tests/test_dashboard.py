@@ -121,6 +121,18 @@ def test_empty_database_page_says_nothing_yet(empty_page: Path) -> None:
     assert "Plotly" not in html
 
 
+def test_serve_on_a_port_in_use_exits_2_with_a_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = {"name": "docs", "path": "unused.parquet", "id": "id", "fields": [{"column": "body", "modality": "text"}]}
+    config = write_config(tmp_path, [source], database=str(tmp_path / "db"))
+    page = tmp_path / "page.html"
+    page.write_text("<p>taken</p>")
+    with make_server(page, 0) as busy:
+        port = busy.server_address[1]
+        assert main(["dashboard", str(config), "--out", str(tmp_path / "out"), "--serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use" in err and "--port 0" in err
+
+
 def test_serve_serves_only_the_page_on_loopback(page: Path) -> None:
     server = make_server(page, 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -6,8 +6,11 @@ server listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import errno
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from schemas.config import ConfigError
 
 HOST = "127.0.0.1"
 
@@ -27,7 +30,13 @@ def make_server(page: Path, port: int) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(body)
 
-    return ThreadingHTTPServer((HOST, port), PageHandler)
+    try:
+        return ThreadingHTTPServer((HOST, port), PageHandler)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(f"port {port} on {HOST} is in use (another dashboard?): choose another with --port N, "
+                          "or --port 0 for any free one") from None
 
 
 def serve(page: Path, port: int) -> None:
