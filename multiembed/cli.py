@@ -1,11 +1,16 @@
-"""`multiembed`: the command line. Exit 0 on success, 2 for a usage, config or input error, 1 for a failure."""
+"""`multiembed`: the command line. Exit 0 on success, 2 for a usage, config or input error, 1 for a failure,
+130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import get_args
 
 from schemas.config import ConfigError, RunnerConfig, RunnerKind, load_config
@@ -13,6 +18,35 @@ from tasks.embedders.base import ModelLoadError
 from tasks.sources import InputError
 
 USAGE_ERRORS = (ConfigError, InputError, ModelLoadError)
+EXIT_SIGTERM = 128 + signal.SIGTERM  # a shell's exit status for a process SIGTERM ended: 143
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (of which it is one), so that a stop by
+    a scheduler (systemd, Kubernetes, `timeout`) takes Ctrl-C's way out: Prefect marks the run crashed, context
+    managers close, and the exit hooks run, which stop the temporary Prefect server."""
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[threading.Event]:
+    """While inside, SIGTERM raises `Stopped`; yields an event set once one came, which tells a stop apart even
+    where the exception was caught or replaced on its way out (a second SIGTERM during the cleanup is raised
+    again). The previous handler comes back on leaving: `main` is also called in-process, by tests."""
+    received = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        received.set()
+        raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread, where signals cannot be handled: SIGTERM keeps its handler
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _database(args: argparse.Namespace) -> str:
@@ -223,17 +257,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     # little on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     args = parser().parse_args(argv)
-    try:
-        args.run(args)
-    except USAGE_ERRORS as e:
-        print(f"multiembed {args.command}: {e}", file=sys.stderr)
+    with _sigterm_stops() as stopped:
+        try:
+            args.run(args)
+        except BaseException as e:
+            return _exit_code(args.command, e, stopped.is_set())
+    return _exit_code(args.command, None, stopped.is_set())
+
+
+def _exit_code(command: str, error: BaseException | None, stopped: bool) -> int:
+    """The exit code of a command that raised `error` (None: it returned), the reason in one line on stderr after
+    Prefect's own log. A SIGTERM decides it, whatever its exception became on the way out."""
+    if stopped:
+        print(f"multiembed {command}: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_SIGTERM
+    if error is None:
+        return 0
+    if isinstance(error, USAGE_ERRORS):
+        print(f"multiembed {command}: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    if isinstance(error, KeyboardInterrupt):
         return 130
-    except Exception as e:  # the run failed: say so in one line after Prefect's own log
-        print(f"multiembed {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+    if isinstance(error, Exception):  # the run failed
+        print(f"multiembed {command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    return 0
+    raise error
 
 
 if __name__ == "__main__":
