@@ -3,17 +3,24 @@
 Everything that would make a run fail part way (a missing file, an empty glob, a missing or mistyped
 column, a file that is not Parquet) is found here, from the files' footers alone, and reported as an
 InputError naming the file, the column and what was expected.
+
+A value is not checked here: a string column may hold bytes that are not UTF-8 (Parquet writers, pyarrow
+included, do not check), and such a row is a reject of the validate stage (`invalid_utf8`), not a failed run.
+pyarrow reads those bytes as they are; DuckDB refuses the whole file, so every DuckDB read here falls back to
+the same rows streamed by pyarrow with text as bytes when it does (`over_rows`, `_read_slice`).
 """
 
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.config import SourceConfig
@@ -81,6 +88,35 @@ def is_text_type(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+# Valid UTF-8 (RFC 3629: shortest forms only, no surrogates, nothing above U+10FFFF) as a pattern over bytes:
+# RE2 matches a binary value byte by byte (as Latin-1), so each `\xNN` here is one byte.
+UTF8 = (r"\A(?:[\x00-\x7F]|[\xC2-\xDF][\x80-\xBF]|\xE0[\xA0-\xBF][\x80-\xBF]|[\xE1-\xEC\xEE\xEF][\x80-\xBF]{2}"
+        r"|\xED[\x80-\x9F][\x80-\xBF]|\xF0[\x90-\xBF][\x80-\xBF]{2}|[\xF1-\xF3][\x80-\xBF]{3}"
+        r"|\xF4[\x80-\x8F][\x80-\xBF]{2})*\z")
+
+
+def invalid_utf8(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Per value, whether it is a string whose bytes are not valid UTF-8 (a lone surrogate, an overlong form,
+    a stray byte); False for nulls and for values that are not strings.
+
+    Arrow's string kernels raise on such a value for the whole array, so every check of source text runs
+    this first. Arrow has no per-value UTF-8 check: the array is validated whole (SIMD, the usual case), and
+    only when that fails does a regular expression over the values' bytes say which ones are bad.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        return pa.chunked_array([invalid_utf8(chunk) for chunk in values.chunks], pa.bool_())
+    if not is_text_type(values.type):
+        return pa.repeat(pa.scalar(False), len(values))
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.large_string())  # decodes dictionaries and views; checks nothing
+    try:
+        values.validate(full=True)
+        return pa.repeat(pa.scalar(False), len(values))
+    except pa.ArrowInvalid:
+        as_bytes = values.view(pa.binary() if pa.types.is_string(values.type) else pa.large_binary())
+        return pc.fill_null(pc.invert(pc.match_substring_regex(as_bytes, UTF8)), False)
 
 
 def _id_type(t: pa.DataType) -> pa.DataType | None:
@@ -172,12 +208,13 @@ def find_duplicates(files: tuple[str, ...], id_column: str) -> pa.Table:
     """Every repeat of an id after its first appearance (file order, then row order).
 
     Returns columns file, row, first_file, first_row. DuckDB reads only the id column and spills to
-    disk if it must, so this stays within memory however many rows the source has.
+    disk if it must, so this stays within memory however many rows the source has. String ids compare
+    as bytes, so ids that are not valid UTF-8 (rejected later) do not stop the run.
     """
     query = f"""
         WITH src AS (
-            SELECT "{id_column.replace('"', '""')}" AS id, filename AS file, file_row_number AS row
-            FROM read_parquet($files, filename = true, file_row_number = true)
+            SELECT {quote(id_column)} AS id, filename AS file, file_row_number AS row
+            FROM {{rows}}
         ),
         repeated AS (SELECT id FROM src WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1),
         ranked AS (
@@ -190,8 +227,74 @@ def find_duplicates(files: tuple[str, ...], id_column: str) -> pa.Table:
         SELECT file, row::BIGINT AS row, first_file, first_row::BIGINT AS first_row
         FROM ranked WHERE k > 1 ORDER BY file, row
     """
+    id_type = _id_type(_read_schema(files[0]).field(id_column).type) if files else pa.int64()
     with duckdb.connect() as con:
-        return con.execute(query, {"files": list(files)}).fetch_arrow_table()
+        return over_rows(con, query, "read_parquet($files, filename = true, file_row_number = true)", files,
+                         {id_column: id_type or pa.large_string()})
+
+
+def _is_bad_encoding(error: duckdb.Error) -> bool:
+    """Whether DuckDB refused a Parquet file because a string column holds bytes that are not UTF-8."""
+    return "Invalid string encoding" in str(error)
+
+
+def _as_bytes_type(t: pa.DataType) -> pa.DataType:
+    """The type a column travels to DuckDB as in the fallback: text as bytes (DuckDB checks text, not bytes)."""
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _as_bytes_type(f.type)) for f in t])
+    return pa.large_binary() if is_text_type(t) else t
+
+
+def _as_bytes(values: pa.Array, t: pa.DataType) -> pa.Array:
+    """`values` cast to `t`, text then reinterpreted as bytes (no copy, no check)."""
+    values = values.cast(pa.large_string() if is_text_type(t) else t)
+    return values.view(pa.large_binary()) if is_text_type(t) else values
+
+
+def _from_bytes(values: pa.Array, t: pa.DataType) -> pa.Array:
+    """The inverse of `_as_bytes` on what DuckDB returns: bytes where `t` is text read back as text, unchecked."""
+    if pa.types.is_struct(t):
+        children = [_from_bytes(values.field(i), f.type) for i, f in enumerate(t)]
+        return pa.StructArray.from_arrays(children, fields=list(t), mask=values.is_null())
+    if is_text_type(t) and not is_text_type(values.type):
+        return values.cast(pa.large_binary()).view(pa.large_string()).cast(t)
+    return values.cast(t)
+
+
+def _rows_as_bytes(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.RecordBatchReader:
+    """The files' columns named in `types` (cast to them, text as bytes) with `filename` and `file_row_number`, as
+    DuckDB's read_parquet(filename = true, file_row_number = true) names them; streamed batch by batch."""
+    schema = pa.schema([*((c, _as_bytes_type(t)) for c, t in types.items()),
+                        ("filename", pa.string()), ("file_row_number", pa.int64())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for file in files:
+            first = 0
+            for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(columns=list(types)):
+                n = batch.num_rows
+                columns = [_as_bytes(batch.column(c), t) for c, t in types.items()]
+                yield pa.record_batch([*columns, pa.repeat(pa.scalar(file), n),
+                                       pa.array(np.arange(first, first + n, dtype=np.int64))], schema=schema)
+                first += n
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def over_rows(con: duckdb.DuckDBPyConnection, query: str, native: str, files: tuple[str, ...],
+              types: dict[str, pa.DataType]) -> pa.Table:
+    """`query` with `{rows}` the files' rows as DuckDB reads them (`native`, over `$files`).
+
+    DuckDB refuses a file whose string column holds bytes that are not UTF-8; then the query runs over the
+    same rows of the columns in `types` streamed by pyarrow (`_rows_as_bytes`), text as bytes. Same rows,
+    same order, one pass; only such files pay for it.
+    """
+    try:
+        return con.execute(query.replace("{rows}", native), {"files": list(files)}).to_arrow_table()
+    except duckdb.InvalidInputException as e:
+        if not _is_bad_encoding(e):
+            raise
+    con.register("source_rows", _rows_as_bytes(files, types))
+    return con.execute(query.replace("{rows}", "source_rows")).to_arrow_table()
 
 
 def read_shard(shard: Shard, layout: SourceLayout) -> pa.Table:
@@ -223,18 +326,45 @@ def _read_slice(shard: Shard, columns: list[str]) -> pa.Table:
         WHERE file_row_number >= $first AND file_row_number < $end ORDER BY file_row_number"""
     params = {"file": shard.file, "first": shard.first_row, "end": shard.first_row + shard.num_rows}
     with duckdb.connect() as con:
-        return con.execute(query, params).to_arrow_table()
+        try:
+            return con.execute(query, params).to_arrow_table()
+        except duckdb.InvalidInputException as e:
+            if not _is_bad_encoding(e):
+                raise
+    return _stream_slice(shard, columns)
+
+
+def _stream_slice(shard: Shard, columns: list[str]) -> pa.Table:
+    """The shard's rows, streamed by pyarrow from the start of their row group: for a file DuckDB refuses
+    (text that is not UTF-8, a reject of the validate stage). Memory stays at a shard's rows; time grows
+    with the slice's place in its group (rows before it are decoded and dropped)."""
+    file = pq.ParquetFile(shard.file, pre_buffer=False)
+    group = shard.row_groups[0]
+    start = shard.first_row - sum(file.metadata.row_group(i).num_rows for i in range(group))
+    end, offset, pieces = start + shard.num_rows, 0, []
+    for batch in file.iter_batches(batch_size=shard.num_rows, row_groups=[group], columns=columns):
+        lo, hi = max(start - offset, 0), min(end - offset, batch.num_rows)
+        if lo < hi:
+            pieces.append(batch.slice(lo, hi - lo))
+        offset += batch.num_rows
+        if offset >= end:
+            break
+    return pa.Table.from_batches(pieces, schema=pa.schema([file.schema_arrow.field(c) for c in columns]))
 
 
 def sample_values(layout: SourceLayout, key: str, id_column: str, size: int, seed: int = 0) -> pa.Array:
     """A seeded reservoir sample of a field's values over every file (rows with an id), as read by shards.
 
     DuckDB reads only the field's columns and keeps `size` rows, so fitting an embedder on a source
-    costs memory for the sample, not for the source.
+    costs memory for the sample, not for the source. Values that are not valid UTF-8 come back as they are
+    (the caller drops what the modality rejects).
     """
-    query = f"""SELECT {layout.field_sql(key)} AS v FROM read_parquet($files) WHERE {quote(id_column)} IS NOT NULL
+    query = f"""SELECT {layout.field_sql(key)} AS v FROM {{rows}} WHERE {quote(id_column)} IS NOT NULL
                 USING SAMPLE reservoir({int(size)} ROWS) REPEATABLE ({int(seed)})"""
+    value_type = layout.schema.field(key).type
+    inputs = {f.name: f.type for f in value_type} if key in layout.composites else {key: value_type}
     with duckdb.connect() as con:
         con.execute("SET threads = 1")  # DuckDB's seeded sample is only repeatable on one thread
-        values = con.execute(query, {"files": list(layout.files)}).fetch_arrow_table()["v"]
-    return values.combine_chunks().cast(layout.schema.field(key).type)
+        values = over_rows(con, query, "read_parquet($files)", layout.files,
+                           {id_column: layout.schema.field(id_column).type, **inputs})["v"]
+    return _from_bytes(values.combine_chunks(), value_type)

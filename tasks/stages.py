@@ -114,7 +114,8 @@ def embedder_of(plan: SourcePlan, spec: TableSpec) -> Embedder:
 
 
 def fit_sample(plan: SourcePlan, spec: TableSpec) -> pa.Array:
-    """A seeded sample of the values a fitted embedder learns from: rows that would be embedded."""
+    """A seeded sample of the values a fitted embedder learns from: rows that would be embedded (what the
+    modality rejects, text that is not valid UTF-8 included, is dropped from the sample, never fitted on)."""
     values = sources.sample_values(plan.layout, spec.column, plan.source.id, FIT_SAMPLE)
     return values.filter(pc.is_null(registry.modality(spec.modality).reasons(values)))
 
@@ -238,7 +239,7 @@ def read(plan: SourcePlan, shard: sources.Shard) -> pa.Table:
 
 def validate(plan: SourcePlan, shard: sources.Shard, rows: pa.Table) -> dict[str, checks.Checked]:
     """Validate stage, per table: rows to embed (valid and changed), how many are unchanged, reject records."""
-    whole_row = checks.row_reasons(rows, plan.source.id, shard.file, plan.duplicates)
+    whole_row = checks.row_reasons(rows, plan.source.id, shard.file, plan.duplicates, plan.source.keep)
     per_field = {
         f.key: checks.check_field(rows, plan.source.id, f.key, registry.modality(f.modality), shard.file,
                                      whole_row)

@@ -1,12 +1,13 @@
 """Validate stage: decide, per row and field, whether it can be embedded, and why not if it cannot.
 
 Rejected rows are data, not exceptions: each gets a reason and goes to `_rejects`, and the run goes
-on. Row-level reasons (null id, id repeated in the input) apply to every field of the row; a field's
-own reasons (null or empty text, ...) come from its modality.
+on. Row-level reasons (null id, id repeated in the input, an id or kept column that is not valid UTF-8)
+apply to every field of the row; a field's own reasons (null or empty text, ...) come from its modality.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.embedders.base import Modality
+from tasks.sources import invalid_utf8
 
 REJECT_COLUMNS = pa.schema(
     [("file", pa.string()), ("row", pa.int64()), ("id", pa.string()), ("column", pa.string()),
@@ -36,21 +38,42 @@ def rejects_table(
     """Reject records for `rows` (which carry the id column and `_row`)."""
     n = rows.num_rows
     return pa.table(
-        [pa.repeat(pa.scalar(file), n), rows["_row"], rows[id_column].cast(pa.string()),
+        [pa.repeat(pa.scalar(file), n), rows["_row"], readable(rows[id_column].combine_chunks().cast(pa.string())),
          columns, pa.repeat(pa.scalar(stage), n), reasons],
         schema=REJECT_COLUMNS,
     )
 
 
-def row_reasons(table: pa.Table, id_column: str, file: str, duplicates: pa.Table) -> pa.ChunkedArray:
-    """Null, or why the whole row is rejected: a null id, or an id already seen earlier in the input."""
+def readable(values: pa.Array) -> pa.Array:
+    """Strings as they are, but those that are not valid UTF-8 with each bad byte written `\\xNN`: a reject
+    record names a bad id in a form `_rejects` can store (Lance refuses bytes that are not UTF-8). Only the
+    bad values are rewritten, one at a time: they are rejects, few, and off the path of valid rows."""
+    bad = invalid_utf8(values)
+    if not pc.any(bad).as_py():
+        return values
+    positions = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+    as_bytes = values.view(pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary())
+    raw = as_bytes.take(pa.array(positions)).to_pylist()
+    fixed = pa.array([v.decode("utf-8", "backslashreplace") for v in raw], values.type)
+    at = pc.index_in(pa.array(np.arange(len(values))), value_set=pa.array(positions))
+    return pc.if_else(bad, pc.take(fixed, at), values)
+
+
+def row_reasons(table: pa.Table, id_column: str, file: str, duplicates: pa.Table,
+                keep: Sequence[str] = ()) -> pa.ChunkedArray:
+    """Null, or why the whole row is rejected: a null id, an id that is not valid UTF-8, an id already seen
+    earlier in the input, or a `keep` column (copied into every table as it is) that is not valid UTF-8."""
     dups = duplicates.filter(pc.equal(duplicates["file"], file))
     position = pc.index_in(table["_row"], value_set=dups["row"])
     first_seen = pc.binary_join_element_wise(
         "id repeated in the input (first at ", pc.take(dups["first_file"], position),
         " row ", pc.take(dups["first_row"], position).cast(pa.string()), ")", "",
     )
-    return pc.if_else(pc.is_null(table[id_column]), pa.scalar("null id"), first_seen)
+    reasons = pc.if_else(invalid_utf8(table[id_column]), pa.scalar("invalid UTF-8 in the id"), first_seen)
+    for column in keep:
+        bad = pa.scalar(f"invalid UTF-8 in kept column {column!r}")
+        reasons = pc.coalesce(reasons, pc.if_else(invalid_utf8(table[column]), bad, pa.scalar(None, pa.string())))
+    return pc.if_else(pc.is_null(table[id_column]), pa.scalar("null id"), reasons)
 
 
 def check_field(

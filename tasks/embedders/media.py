@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from tasks.embedders.base import Modality
-from tasks.sources import is_text_type
+from tasks.sources import invalid_utf8, is_text_type
 
 
 class MediaError(ValueError):
@@ -35,12 +35,17 @@ def media_storage(t: pa.DataType) -> pa.DataType:
 
 
 def media_reasons(noun: str, values: pa.Array) -> pa.Array:
-    """Why a value cannot be embedded: null, or no bytes / a blank path; null when it can."""
+    """Why a value cannot be embedded: null, no bytes / a blank path, or a path that is not valid UTF-8 (it
+    names no file anyone can write down); null when it can."""
     values = values.cast(media_storage(values.type))
+    invalid = invalid_utf8(values)
     if pa.types.is_large_string(values.type):
+        if pc.any(invalid).as_py():
+            values = pc.if_else(invalid, pa.scalar("x", values.type), values)  # neither empty nor null
         values = pc.utf8_trim_whitespace(values)
     empty = pc.equal(pc.binary_length(values), 0)
     reasons = pc.if_else(empty, pa.scalar(f"empty {noun}"), pa.scalar(None, pa.string()))
+    reasons = pc.if_else(invalid, pa.scalar(f"invalid UTF-8 in the {noun} path"), reasons)
     return pc.if_else(pc.is_null(values), pa.scalar(f"null {noun}"), reasons)
 
 

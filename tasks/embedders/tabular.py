@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from tasks import fitted
 from tasks.embedders.base import Embedder, EmbedderInfo, FeatureRows, Modality
 from tasks.embedders.text import TokenBatches
-from tasks.sources import InputError, is_text_type
+from tasks.sources import InputError, invalid_utf8, is_text_type
 
 DIM = 32  # dense dimensions at most (fewer when the table has fewer independent features)
 # A component whose variance is below this share of the first one's is rounding, not structure: its
@@ -47,13 +47,19 @@ def storage(t: pa.DataType) -> pa.DataType:
 
 
 def table_reasons(values: pa.Array) -> pa.Array:
-    """A row with every listed column null has nothing to embed; other rows can be embedded."""
+    """A row with every listed column null has nothing to embed, and one with a string that is not valid
+    UTF-8 cannot be featurised (nor named in a vocabulary); other rows can be embedded."""
     if values.type.num_fields == 0:
         return pa.nulls(len(values), pa.string())
     all_null = pc.is_null(values.field(0))
     for i in range(1, values.type.num_fields):
         all_null = pc.and_(all_null, pc.is_null(values.field(i)))
     reasons = pc.if_else(all_null, pa.scalar("every column of the row is null"), pa.scalar(None, pa.string()))
+    for child in values.type:
+        if is_text_type(child.type):
+            bad = pa.scalar(f"invalid UTF-8 in column {child.name!r}")
+            column = pc.if_else(invalid_utf8(values.field(child.name)), bad, pa.scalar(None, pa.string()))
+            reasons = pc.coalesce(reasons, column)
     return pc.if_else(pc.is_null(values), pa.scalar("null row"), reasons)
 
 

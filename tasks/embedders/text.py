@@ -29,7 +29,7 @@ from tasks.embedders import quantize
 from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError, run_batches
 from tasks.embedders.batching import budget_batches, limit_threads
 from tasks.embedders.hf import ModelRef
-from tasks.sources import is_text_type
+from tasks.sources import invalid_utf8, is_text_type
 
 POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -39,10 +39,22 @@ POOLING_KEYS = {
 }
 
 
+# Text with nothing to embed: only whitespace (what `utf8_trim_whitespace` trims: Unicode's separators and the
+# ASCII and C1 spacing controls) and invisible format characters (category Cf: zero-width space and joiners,
+# word joiner, byte-order mark, soft hyphen, direction marks), which a tokenizer drops or maps to nothing.
+BLANK = r"\A[\p{Z}\p{Cf}\t\n\x0B\f\r\x{1C}-\x{1F}\x{85}]*\z"
+
+
 def text_reasons(values: pa.Array) -> pa.Array:
-    """Why a text cannot be embedded: null, or nothing but whitespace; null when it can."""
-    blank = pc.equal(pc.utf8_trim_whitespace(values), "")
+    """Why a text cannot be embedded: null, bytes that are not valid UTF-8, or nothing but whitespace and
+    invisible format characters (`BLANK`); null when it can."""
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.large_string())
+    invalid = invalid_utf8(values)
+    readable = pc.if_else(invalid, pa.scalar(None, values.type), values) if pc.any(invalid).as_py() else values
+    blank = pc.match_substring_regex(readable, BLANK)
     reasons = pc.if_else(blank, pa.scalar("empty text"), pa.scalar(None, pa.string()))
+    reasons = pc.if_else(invalid, pa.scalar("invalid UTF-8 in the text"), reasons)
     return pc.if_else(pc.is_null(values), pa.scalar("null text"), reasons)
 
 
