@@ -416,7 +416,7 @@ class HFAudioEmbedder(WindowedAudioEmbedder):
         except (OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"{ref.model_id}: no audio feature extractor in the model folder ({e})") from None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModel.from_pretrained(ref.folder, trust_remote_code=False, use_safetensors=ref.has_safetensors)
+        model = hf.load_pretrained(AutoModel, ref)
         self.model = model.to(self.device).eval()
         self.family = self.model_family(self.model)
         self.rate = int(self.extractor.sampling_rate)

@@ -243,9 +243,7 @@ class HFImageEmbedder(ImageEmbedder):
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{ref.model_id}: no usable image processor in the model folder ({e})") from None
         self.device = pick_device()
-        self.model = AutoModel.from_pretrained(
-            ref.folder, trust_remote_code=False, use_safetensors=ref.has_safetensors, dtype=torch.float32
-        ).to(self.device).eval()
+        self.model = hf.load_pretrained(AutoModel, ref, dtype=torch.float32).to(self.device).eval()
         self.pooling = self._pooling(ref.model_id)
         self.batch_size = batch_size
         self.min_side = processor_min_side(self.processor)

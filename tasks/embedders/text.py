@@ -28,7 +28,7 @@ import torch
 from tasks.embedders import quantize
 from tasks.embedders.base import EmbedderInfo, Modality, ModelLoadError, run_batches
 from tasks.embedders.batching import budget_batches, limit_threads
-from tasks.embedders.hf import ModelRef
+from tasks.embedders.hf import ModelRef, load_pretrained
 from tasks.sources import invalid_utf8, is_text_type
 
 POOLING_KEYS = {
@@ -157,10 +157,7 @@ class TextEmbedder:
             raise ModelLoadError(f"{ref.model_id}: no fast tokenizer (tokenizer.json) in the model folder")
         cuda = torch.cuda.is_available() and not quantize.runs_on_cpu_only(precision)
         self.device = torch.device("cuda" if cuda else "cpu")
-        model = AutoModel.from_pretrained(
-            ref.folder, trust_remote_code=False, use_safetensors=ref.has_safetensors,
-            dtype=quantize.DTYPES[precision],
-        )
+        model = load_pretrained(AutoModel, ref, dtype=quantize.DTYPES[precision])
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # BERT-style dense layer over the first token: no pooling here uses it
         if precision == quantize.INT8:
