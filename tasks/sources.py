@@ -51,6 +51,11 @@ class SourceLayout:
     schema: pa.Schema  # id, the fields (a table field as a struct of its columns) and the keep columns
     composites: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table field -> its input columns
 
+    def input_types(self, key: str) -> dict[str, pa.DataType]:
+        """The Parquet columns a field is read from, with the types they are read as (a table field: its inputs)."""
+        value_type = self.schema.field(key).type
+        return {f.name: f.type for f in value_type} if key in self.composites else {key: value_type}
+
     def field_sql(self, key: str) -> str:
         """DuckDB expression for a field's value straight from the Parquet files (a struct for a table field)."""
         if key in self.composites:
@@ -233,11 +238,6 @@ def find_duplicates(files: tuple[str, ...], id_column: str) -> pa.Table:
                          {id_column: id_type or pa.large_string()})
 
 
-def _is_bad_encoding(error: duckdb.Error) -> bool:
-    """Whether DuckDB refused a Parquet file because a string column holds bytes that are not UTF-8."""
-    return "Invalid string encoding" in str(error)
-
-
 def _as_bytes_type(t: pa.DataType) -> pa.DataType:
     """The type a column travels to DuckDB as in the fallback: text as bytes (DuckDB checks text, not bytes)."""
     if pa.types.is_struct(t):
@@ -280,6 +280,37 @@ def _rows_as_bytes(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
+def rows_as_text(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.RecordBatchReader:
+    """Like `_rows_as_bytes`, but text stays text, with each value that is not valid UTF-8 made null: for queries
+    that must treat every valid value exactly as DuckDB's own reader does (the diff's content hashes), while
+    the rows with bad text look like rows never embedded (so they are read again, and rejected again)."""
+    schema = pa.schema([*((c, pa.large_string() if is_text_type(t) else t) for c, t in types.items()),
+                        ("filename", pa.string()), ("file_row_number", pa.int64())])
+
+    def text_or_null(values: pa.Array, t: pa.DataType) -> pa.Array:
+        if not is_text_type(t):
+            return values.cast(t)
+        raw = values.cast(pa.large_string()).view(pa.large_binary())
+        return pc.if_else(invalid_utf8(values), pa.scalar(None, pa.large_binary()), raw).cast(pa.large_string())
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for file in files:
+            first = 0
+            for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(columns=list(types)):
+                n = batch.num_rows
+                columns = [text_or_null(batch.column(c), t) for c, t in types.items()]
+                yield pa.record_batch([*columns, pa.repeat(pa.scalar(file), n),
+                                       pa.array(np.arange(first, first + n, dtype=np.int64))], schema=schema)
+                first += n
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def is_bad_encoding(error: duckdb.Error) -> bool:
+    """Whether DuckDB refused a Parquet file because a string column holds bytes that are not UTF-8."""
+    return isinstance(error, duckdb.InvalidInputException) and "Invalid string encoding" in str(error)
+
+
 def over_rows(con: duckdb.DuckDBPyConnection, query: str, native: str, files: tuple[str, ...],
               types: dict[str, pa.DataType]) -> pa.Table:
     """`query` with `{rows}` the files' rows as DuckDB reads them (`native`, over `$files`).
@@ -291,7 +322,7 @@ def over_rows(con: duckdb.DuckDBPyConnection, query: str, native: str, files: tu
     try:
         return con.execute(query.replace("{rows}", native), {"files": list(files)}).to_arrow_table()
     except duckdb.InvalidInputException as e:
-        if not _is_bad_encoding(e):
+        if not is_bad_encoding(e):
             raise
     con.register("source_rows", _rows_as_bytes(files, types))
     return con.execute(query.replace("{rows}", "source_rows")).to_arrow_table()
@@ -329,7 +360,7 @@ def _read_slice(shard: Shard, columns: list[str]) -> pa.Table:
         try:
             return con.execute(query, params).to_arrow_table()
         except duckdb.InvalidInputException as e:
-            if not _is_bad_encoding(e):
+            if not is_bad_encoding(e):
                 raise
     return _stream_slice(shard, columns)
 
@@ -362,7 +393,7 @@ def sample_values(layout: SourceLayout, key: str, id_column: str, size: int, see
     query = f"""SELECT {layout.field_sql(key)} AS v FROM {{rows}} WHERE {quote(id_column)} IS NOT NULL
                 USING SAMPLE reservoir({int(size)} ROWS) REPEATABLE ({int(seed)})"""
     value_type = layout.schema.field(key).type
-    inputs = {f.name: f.type for f in value_type} if key in layout.composites else {key: value_type}
+    inputs = layout.input_types(key)
     with duckdb.connect() as con:
         con.execute("SET threads = 1")  # DuckDB's seeded sample is only repeatable on one thread
         values = over_rows(con, query, "read_parquet($files)", layout.files,

@@ -154,7 +154,9 @@ def diff(plan: SourcePlan, full: bool) -> SourcePlan:
     diffs = {
         spec.name: diff_table(db, spec.name, spec.schema, spec.fingerprint, plan.layout.files, plan.source.id,
                               plan.layout.field_sql(spec.column), plan.layout.schema.field(spec.column).type, full,
-                              registry.modality(spec.modality).payload)
+                              registry.modality(spec.modality).payload,
+                              {plan.source.id: plan.layout.schema.field(plan.source.id).type,
+                               **plan.layout.input_types(spec.column)})
         for spec in plan.tables
     }
     return replace(plan, diffs=diffs)
@@ -250,9 +252,17 @@ def validate(plan: SourcePlan, shard: sources.Shard, rows: pa.Table) -> dict[str
 
 
 def prepare(plan: SourcePlan, spec: TableSpec, shard: sources.Shard, checked: dict[str, checks.Checked]) -> Prepared:
-    """Prepare stage: CPU work (tokenise, decode) on the rows to embed."""
+    """Prepare stage: CPU work (tokenise, decode) on the rows to embed.
+
+    The field's `max_seconds` (audio fields only: the config gives every one a limit) goes to the embedder
+    with the values: one loaded model serves fields with different limits.
+    """
     values = checked[spec.name].kept[spec.column].combine_chunks()
-    return embedder_of(plan, spec).prepare(values, str(Path(shard.file).parent))
+    embedder, base_dir = embedder_of(plan, spec), str(Path(shard.file).parent)
+    max_seconds = next(f.max_seconds for f in plan.source.fields if f.key == spec.column)
+    if max_seconds is None:
+        return embedder.prepare(values, base_dir)
+    return embedder.prepare(values, base_dir, max_seconds=max_seconds)
 
 
 def embed(plan: SourcePlan, spec: TableSpec, prepared: Prepared) -> np.ndarray:

@@ -314,7 +314,7 @@ def test_fit_sample_never_holds_invalid_utf8(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_backfill_rejects_an_invalid_utf8_row_and_embeds_the_rest(tmp_path: Path) -> None:
-    from flows.backfill import backfill
+    from flows.backfill import backfill, refresh
 
     words = ["river", "bank", "money", "loan", "water", "fish"]
     bodies = [" ".join(words[(i + k) % len(words)] for k in range(4)).encode() for i in range(24)]
@@ -338,3 +338,12 @@ def test_backfill_rejects_an_invalid_utf8_row_and_embeds_the_rest(tmp_path: Path
     assert db.open_table("_fitted").to_arrow()["rows"].to_pylist() == [23]  # fitted without the bad row
     staging = tmp_path / "lancedb" / "_staging"
     assert not staging.exists() or not any(staging.iterdir())
+
+    # The next run diffs the same file: the valid rows are unchanged, the bad one is read and rejected again.
+    bodies[3] = b"a changed text"
+    write_unchecked(tmp_path / "raw" / "docs.parquet", {"doc_id": list(range(24)), "body": bodies},
+                    row_group_size=12)
+    again = {r["table"]: r for r in refresh(config=str(config))}
+    for run in again.values():
+        assert (run["rows_read"], run["rows_embedded"], run["rows_unchanged"], run["rows_rejected"],
+                run["rows_deleted"]) == (24, 1, 22, 1, 0)
