@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.tables import NAME_PATTERN
 
 Modality = Literal["text", "image", "audio", "table"]
+# An audio field's `max_seconds` when the config gives none: a few KB of FLAC can hold hours of silence,
+# and decoding them costs minutes of CPU and hundreds of MB.
+AUDIO_MAX_SECONDS = 600.0
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,27 @@ class FieldConfig(_Strict):
     label: str | None = Field(
         default=None, description="keep column with this field's class label for evaluation (default: quality.label)"
     )
+    max_seconds: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description=f"audio: the longest clip in seconds (default {AUDIO_MAX_SECONDS:g}); a clip whose header says it "
+                    "is longer is a reject of stage prepare, one whose header gives no length is cut there, "
+                    "embedded from its first max_seconds and flagged",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audio_limit(cls, data: object) -> object:
+        """An audio field without `max_seconds` gets the default, so every audio field has a limit."""
+        if isinstance(data, dict) and data.get("modality") == "audio" and data.get("max_seconds") is None:
+            return {**data, "max_seconds": AUDIO_MAX_SECONDS}
+        return data
+
+    @model_validator(mode="after")
+    def _audio_only(self) -> FieldConfig:
+        """`max_seconds` is an audio option: on another field it is a mistake, not something to ignore."""
+        if self.modality != "audio" and self.max_seconds is not None:
+            raise ValueError(f"max_seconds: limits the length of audio clips; a {self.modality} field takes none")
+        return self
 
     @model_validator(mode="after")
     def _inputs(self) -> FieldConfig:

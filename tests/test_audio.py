@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,16 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 import torch
+from conftest import write_parquet
 from torchaudio.functional import resample
 
+from schemas.config import SourceConfig
+from tasks import stages
+from tasks import validate as checks
 from tasks.embedders import hf
 from tasks.embedders.audio import (
     AUDIO,
+    CUT_FLAG,
     FACTORIES,
     HF_FACTORY,
     HFAudioEmbedder,
@@ -28,7 +34,7 @@ from tasks.embedders.audio import (
     length_batches,
     pool_windows,
 )
-from tasks.embedders.audio_decode import decode_windows, load_audio
+from tasks.embedders.audio_decode import UNKNOWN_FRAMES, Limit, decode_windows, load_audio
 from tasks.embedders.base import ModelLoadError
 from tasks.embedders.media import MediaError
 
@@ -472,3 +478,99 @@ def test_decoding_measures_duration_and_loudness_and_counts_silent_clips(logmel:
     expected = 20 * np.log10(np.sqrt(np.mean(tone(440, 1.5) ** 2)))  # about -13.5 dBFS
     np.testing.assert_allclose(prepared.stats["loudness_dbfs"][[0, 3]], [expected, expected - 20], atol=0.05)
     assert prepared.stats["loudness_dbfs"][1] < -150 and np.isnan(prepared.stats["seconds"][2])
+
+
+# --- max_seconds: a clip's length is bounded before it costs anything -----------------------------
+
+LONG_SECONDS = 2 * 3600
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with two hours of silence at 8 kHz as FLAC (a few hundred KB on disk, the old way a minute of
+    CPU and hundreds of MB to prepare), a 5 s tone and a 1 s tone."""
+    folder = tmp_path_factory.mktemp("clips")
+    with sf.SoundFile(folder / "long.flac", "w", 8_000, 1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(LONG_SECONDS // 600):
+            f.write(np.zeros(600 * 8_000, np.int16))
+    (folder / "five.wav").write_bytes(encode(tone(440, 5.0) + tone(1200, 5.0, amp=0.1)))
+    (folder / "one.wav").write_bytes(encode(tone(660, 1.0)))
+    return folder
+
+
+def counting_sound_files(monkeypatch: pytest.MonkeyPatch, unknown_length: bool = False) -> Counter[str]:
+    """Patch soundfile.SoundFile to count the frames decoded per file name; with `unknown_length` every
+    header gives no length (libsndfile's SF_COUNT_MAX), as for formats or streams that do not say it."""
+    reads: Counter[str] = Counter()
+
+    class Counting(sf.SoundFile):
+        def read(self, frames: int = -1, *args, **kwargs) -> np.ndarray:
+            out = super().read(frames, *args, **kwargs)
+            reads[Path(self.name).name if isinstance(self.name, str) else "bytes"] += len(out)
+            return out
+
+    if unknown_length:
+        Counting.frames = property(lambda self: UNKNOWN_FRAMES)
+    monkeypatch.setattr(sf, "SoundFile", Counting)
+    return reads
+
+
+def test_clip_longer_than_max_seconds_by_its_header_is_a_prepare_reject_never_decoded(
+    clips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the pipeline's prepare stage, with the config's default limit (600 s)."""
+    write_parquet(clips / "rows.parquet", [{"id": 1, "clip": "long.flac"}, {"id": 2, "clip": "one.wav"}])
+    source = SourceConfig(name="clips", path=str(clips / "rows.parquet"), id="id",
+                          fields=[{"column": "clip", "modality": "audio", "embedders": ["logmel"]}])
+    assert source.fields[0].max_seconds == 600
+    plan = stages.diff(stages.plan_source(source, batch_size=8, database=str(tmp_path / "db")), full=True)
+    shard, spec = plan.shards[0], plan.tables[0]
+    checked = stages.validate(plan, shard, stages.read(plan, shard))
+    reads = counting_sound_files(monkeypatch)
+    prepared = stages.prepare(plan, spec, shard, checked)
+    assert prepared.failures == {0: "audio is 7200.0 s long, over max_seconds 600"}
+    assert reads == {"one.wav": RATE}  # the long file's header was read, not one of its frames
+    assert prepared.truncated == 0 and prepared.flags == {} and prepared.lengths.tolist() == [RATE]
+    _, rejects = checks.split_failures(checked[spec.name].kept, prepared.failures, "id", "clip", shard.file)
+    assert rejects.select(["id", "stage", "reason"]).to_pylist() == [
+        {"id": "1", "stage": "prepare", "reason": "audio is 7200.0 s long, over max_seconds 600"}]
+
+
+def test_clip_without_a_header_length_is_cut_at_max_seconds_and_flagged(
+    clips: Path, logmel: LogMel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No length in the header: decoding stops at the limit, the row is embedded from its first max_seconds."""
+    first_two = load_audio("five.wav", RATE, str(clips))[: 2 * RATE]
+    expected = logmel.embed(logmel.prepare(pa.array([encode(first_two), encode(tone(660, 1.0))], pa.large_binary())))
+    reads = counting_sound_files(monkeypatch, unknown_length=True)
+    values = pa.array(["long.flac", "five.wav", "one.wav"], pa.large_string())
+    prepared = logmel.prepare(values, str(clips), max_seconds=2.0)
+    assert prepared.failures == {}
+    assert reads["long.flac"] <= 2 * 8_000 + 1  # the limit, and one frame to see that the file goes on
+    assert reads["five.wav"] <= 2 * RATE + 1 and reads["one.wav"] == RATE
+    assert prepared.truncated == 2 and prepared.flags == {CUT_FLAG: 2, "silent clip": 1}
+    np.testing.assert_allclose(prepared.stats["seconds"], [2.0, 2.0, 1.0])
+    assert prepared.owner.tolist() == [0, 1, 2] and prepared.lengths.tolist() == [2 * RATE, 2 * RATE, RATE]
+    np.testing.assert_allclose(logmel.embed(prepared)[1:], expected, atol=1e-6)
+
+
+def test_clip_within_max_seconds_is_unchanged(clips: Path, logmel: LogMel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip exactly at the limit is neither rejected nor cut, with or without a length in its header."""
+    values = pa.array(["five.wav", "one.wav"], pa.large_string())
+    unlimited = logmel.prepare(values, str(clips))
+    for unknown_length in (False, True):
+        counting_sound_files(monkeypatch, unknown_length)
+        limited = logmel.prepare(values, str(clips), max_seconds=5.0)
+        assert limited.failures == {} and limited.truncated == 0 and limited.flags == {}
+        assert limited.lengths.tolist() == unlimited.lengths.tolist() == [5 * RATE, RATE]
+        np.testing.assert_array_equal(logmel.embed(limited), logmel.embed(unlimited))
+
+
+def test_decoder_refuses_a_long_header_and_cuts_an_unknown_length(clips: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    with pytest.raises(MediaError, match=r"^audio is 5\.0 s long, over max_seconds 4\.5$"):
+        list(decode_windows("five.wav", str(clips), RATE, RATE, Limit(4.5)))
+    counting_sound_files(monkeypatch, unknown_length=True)
+    limit = Limit(4.5)
+    windows = list(decode_windows("five.wav", str(clips), RATE, RATE, limit))
+    assert [len(w) for w in windows] == [RATE] * 4 + [RATE // 2] and limit.cut

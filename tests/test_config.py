@@ -299,3 +299,28 @@ def test_quality_columns_must_be_kept(tmp_path: Path) -> None:
     assert (quality.label, quality.pairs) == ("title", str(tmp_path / "pairs.parquet"))
     data["sources"][0]["quality"] = {"sensitive": "group"}
     assert "quality.sensitive: 'group' must be one of the keep columns" in config_error(data, tmp_path)
+
+
+def test_audio_fields_have_a_max_seconds(tmp_path: Path) -> None:
+    data = valid()
+    data["sources"][0]["fields"] += [{"column": "clip", "modality": "audio"},
+                                     {"column": "talk", "modality": "audio", "max_seconds": 3600}]
+    fields = parse_config(data, tmp_path).sources[0].fields
+    assert [f.max_seconds for f in fields] == [None, 600, 3600]  # text: none; audio: the default, or the config's
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_max_seconds_is_for_audio_fields_only(tmp_path: Path, modality: str) -> None:
+    data = valid()
+    data["sources"][0]["fields"] = [{"column": "body", "modality": modality, "max_seconds": 60}]
+    assert f"sources.0.fields.0: Value error, max_seconds: limits the length of audio clips; a {modality} field" \
+        in config_error(data, tmp_path)
+    data["sources"][0]["fields"] = [{"columns": ["a"], "modality": "table", "max_seconds": 60}]
+    assert "max_seconds: limits the length of audio clips; a table field" in config_error(data, tmp_path)
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("inf"), float("nan"), "long"])
+def test_max_seconds_must_be_a_positive_finite_number(tmp_path: Path, bad: object) -> None:
+    data = valid()
+    data["sources"][0]["fields"] = [{"column": "clip", "modality": "audio", "max_seconds": bad}]
+    assert "sources.0.fields.0.max_seconds:" in config_error(data, tmp_path)

