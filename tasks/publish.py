@@ -130,12 +130,13 @@ def commit_table(db: lancedb.DBConnection, staging: write.Staging, step: TableCo
     return version
 
 
-def recorded(db: lancedb.DBConnection, table: str, run_id: str) -> bool:
-    """Whether a bookkeeping table already has rows of `run_id`."""
+def recorded(db: lancedb.DBConnection, table: str, intent: Intent) -> bool:
+    """Whether a bookkeeping table already has rows of the intent's run and source (a run covers several
+    sources, each published on its own)."""
     handle = write.open_table(db, table)
     if handle is None:
         return False
-    return handle.count_rows(f"run_id = '{run_id}'") > 0
+    return handle.count_rows(f"run_id = '{intent.run_id}' AND source = '{intent.source}'") > 0
 
 
 def complete(database: str, staging: write.Staging, intent: Intent) -> list[dict]:
@@ -143,12 +144,12 @@ def complete(database: str, staging: write.Staging, intent: Intent) -> list[dict
     db = lancedb.connect(database)
     versions = {step.table: commit_table(db, staging, step, intent.tag) for step in intent.commits}
     failpoints.reached("before-rejects")
-    if intent.rejects and not recorded(db, REJECTS_TABLE, intent.run_id):
+    if intent.rejects and not recorded(db, REJECTS_TABLE, intent):
         write.record_rejects(db, staging, [step.table for step in intent.commits], intent.run_id)
     failpoints.reached("before-runs")
     finished = datetime.now(UTC)
     rows = [run_row(step, versions[step.table], finished) for step in intent.commits]
-    if not recorded(db, RUNS_TABLE, intent.run_id):
+    if not recorded(db, RUNS_TABLE, intent):
         write.record_run(db, rows)
     failpoints.reached("before-cleanup")
     staging.remove()
