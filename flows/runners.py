@@ -170,14 +170,19 @@ def gpu_shortfall(gpus_per_task: float) -> str | None:
 def share(value: T) -> T:
     """`value` as tasks should receive it: put in the cluster's object store once (Ray, Dask), so that
     submitting many tasks does not serialise it again for each; the workers resolve the reference
-    before the task runs. Locally the value itself."""
+    before the task runs. Locally the value itself.
+
+    On Dask the value goes to every worker (`broadcast`): scattered data has no lineage to recompute it from, so
+    with one copy a worker killed from outside would take the plan with it, and every task that needs it would be
+    forgotten by the scheduler (`FutureCancelledError: ... already forgotten`), failing the run. Ray's `put` from
+    the flow's process lives in the head node's object store, which outlives any worker."""
     kind = current_kind()
     if kind == "ray":
         import ray
 
         return ray.put(value)
     if kind == "dask":
-        return _dask_client().scatter(value, hash=False)
+        return _dask_client().scatter(value, hash=False, broadcast=True)
     return value
 
 

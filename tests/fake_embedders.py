@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,9 @@ UNDECODABLE = "undecodable"  # texts containing this fail the fake embedder's pr
 KILL_ONCE = "kill-this-worker-once:"
 # When set, a file every load, prepare and embed appends a JSON line to: which process did it, seeing which GPUs.
 TRACE_ENV = "FAKE_EMBEDDER_TRACE"
+# An embed call whose texts include one containing SLOW sleeps SLOW_S first: a busy worker a test can kill from outside.
+SLOW = "slow-to-embed"
+SLOW_S = 2.0
 
 
 @dataclass
@@ -74,6 +78,8 @@ class FakeEmbedder:
 
     def embed(self, prepared: FakePrepared) -> np.ndarray:
         trace("embed", self.info.name)
+        if any(SLOW in text for text in prepared.texts):
+            time.sleep(SLOW_S)
         out = np.zeros((prepared.rows, FAKE_DIM), dtype=np.float32)
         for i, text in enumerate(prepared.texts):
             kill_once(text)
