@@ -2,6 +2,7 @@
 
     python bench/backfill_vs_st.py throughput --rows 4000 --repeats 3  # vs bare sentence-transformers
     python bench/backfill_vs_st.py memory --rows 1000 --scale 10       # peak RSS at 1x and 10x rows (--row-group N)
+    python bench/backfill_vs_st.py growth --sizes 50,2000,20000,200000 # RSS above the smallest run, per size
     python bench/backfill_vs_st.py refresh --rows 20000 --changed 0.01 # 1% changed vs a full backfill
 
 Throughput runs, interleaved in one process with the same model, texts, batch size and torch threads:
@@ -98,6 +99,27 @@ def memory(rows: int, scale: int, row_group: int) -> None:
     print(f"ratio peak at {scale}x / 1x: {peaks[rows * scale] / peaks[rows]:.2f}")
 
 
+def growth(sizes: list[int]) -> None:
+    """Peak RSS of backfills of each size (the default shard size, 4,096 rows, as a user's config has), each in
+    a fresh process, reported above the smallest: the model and the Prefect client are in every run, so what
+    is left is what grows with the rows. Flat memory keeps each figure within 1.3x of the one before."""
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            config = write_source(Path(tmp) / str(n), n, shard_rows=4096)
+            started = time.monotonic()
+            out = subprocess.run([sys.executable, __file__, "child", str(config)], capture_output=True, text=True,
+                                 check=True)
+            peaks[n] = float(out.stdout.strip().splitlines()[-1])
+            print(f"rows {n}: peak RSS {peaks[n]:.0f} MiB ({time.monotonic() - started:.0f} s)", flush=True)
+    print(f"machine: {machine()}")
+    base = peaks[sizes[0]]
+    for before, n in zip(sizes[1:], sizes[2:], strict=False):
+        above, then = peaks[n] - base, peaks[before] - base
+        print(f"RSS above {sizes[0]} rows: {then:.0f} MiB at {before}, {above:.0f} MiB at {n}: "
+              f"ratio {above / max(then, 1):.2f}")
+
+
 def refresh_cost(rows: int, share: float) -> None:
     """Time a full backfill, then two refreshes of the same data after `share` of the rows changed: once
     as one block of rows (appended or edited together: the other shards are not read at all) and once
@@ -132,6 +154,7 @@ def main() -> None:
     args = commands(__doc__, {
         "throughput": {"--rows": 4000, "--repeats": 3, "--embedder": "minilm"},
         "memory": {"--rows": 1000, "--scale": 10, "--row-group": 512},
+        "growth": {"--sizes": "50,2000,20000,200000"},
         "refresh": {"--rows": 20000, "--changed": 0.01},
         "child": {"config": None},
     })
@@ -139,6 +162,8 @@ def main() -> None:
         throughput(args.rows, args.repeats, args.embedder)
     elif args.mode == "memory":
         memory(args.rows, args.scale, args.row_group)
+    elif args.mode == "growth":
+        growth([int(n) for n in args.sizes.split(",")])
     elif args.mode == "refresh":
         refresh_cost(args.rows, args.changed)
     else:

@@ -43,7 +43,8 @@ def texts(rows: int) -> list[str]:
 
 def write_source(folder: Path, rows: int, changed: Iterable[int] = (), embedders: list[str] | None = None,
                  column: str = "body", modality: str = "text", values: list | None = None,
-                 batch_size: int = BATCH, quality: bool = False, row_group_size: int = 512) -> Path:
+                 batch_size: int = BATCH, quality: bool = False, row_group_size: int = 512,
+                 shard_rows: int = 1024) -> Path:
     """A Parquet source of `rows` values (texts unless `values` are given; the texts at `changed` edited)
     and its config; returns the config's path. The quality stages that run after a backfill by default
     (evaluate, drift) are off unless `quality`: they are measured apart from the embedding pipeline."""
@@ -56,7 +57,8 @@ def write_source(folder: Path, rows: int, changed: Iterable[int] = (), embedders
     listed = f"        embedders: [{', '.join(embedders)}]\n" if embedders else ""
     (folder / "config.yaml").write_text(
         f"database: ./lancedb\nbatch_size: {batch_size}\nsources:\n  - name: bench\n    path: data.parquet\n"
-        f"    id: id\n    shard_rows: 1024\n    fields:\n      - column: {column}\n        modality: {modality}\n"
+        f"    id: id\n    shard_rows: {shard_rows}\n    fields:\n"
+        f"      - column: {column}\n        modality: {modality}\n"
         f"{listed}" + ("" if quality else "    quality:\n      after: []\n")
     )
     return folder / "config.yaml"

@@ -22,6 +22,7 @@ from prefect.futures import PrefectFuture
 
 from flows import runners
 from flows import stages as t
+from flows.memory import steady_heap
 from flows.quality import QualityCheckFailed, run_checks
 from schemas.config import RunnerConfig, SourceConfig, load_config
 from tasks import failpoints
@@ -104,6 +105,7 @@ def run_shards(plan: SourcePlan, staging: Staging, runner: RunnerConfig) -> list
 
 def embed_sources(config: str, source: str | None, kind: Kind, full: bool = False, refit: bool = False) -> list[dict]:
     """The body of both flows: plan all, then per source fit, diff, embed what changed, publish."""
+    steady_heap()  # the CLI did already; a flow called as a library gets it here
     logger = get_run_logger()
     run = RunInfo(new_run_id(), runtime.flow_run.id, datetime.now(UTC))
     settings = load_config(config)

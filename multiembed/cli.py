@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import get_args
 
+from flows.memory import steady_heap
 from schemas.config import ConfigError, RunnerConfig, RunnerKind, load_config
 from tasks.embedders.base import ModelLoadError
 from tasks.sources import InputError
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A first start of the temporary server migrates a new SQLite database: 20 s (the default) is too
     # little on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    steady_heap()
     args = parser().parse_args(argv)
     with _sigterm_stops() as stopped:
         try:
