@@ -24,3 +24,18 @@ def test_a_users_threshold_is_kept_and_an_unreadable_one_ignored(monkeypatch: py
     assert memory.os.environ[memory.ENV] == "65536"
     monkeypatch.setenv(memory.ENV, "lots")
     assert memory.steady_heap() is False
+
+
+def test_arrow_allocates_from_the_system_allocator_here_and_in_child_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    monkeypatch.delenv(memory.ARROW_POOL_ENV, raising=False)
+    before = pa.default_memory_pool()
+    try:
+        memory.steady_heap()
+        assert pa.default_memory_pool().backend_name == "system"
+        code = "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == "system"
+    finally:
+        pa.set_memory_pool(before)
