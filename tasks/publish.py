@@ -70,13 +70,7 @@ def encode_schema(schema: pa.Schema) -> str:
 
 def write_intent(staging: write.Staging, intent: Intent) -> None:
     """Record the intent in the staging folder (atomically: a reader sees all of it or none)."""
-    blob = json.dumps(asdict(intent), default=str, sort_keys=True).encode()
-
-    def put(path: str, fs: pafs.FileSystem) -> None:
-        with fs.open_output_stream(path) as f:
-            f.write(blob)
-
-    staging.put_file(INTENT, put)
+    staging.put_file(INTENT, json.dumps(asdict(intent), default=str, sort_keys=True).encode())
 
 
 def read_intent(staging: write.Staging) -> Intent | None:
@@ -91,14 +85,15 @@ def read_intent(staging: write.Staging) -> Intent | None:
     return Intent(commits=commits, **raw)
 
 
-def pending(database: str, source: str | None = None) -> list[write.Staging]:
-    """The staging folders of `source` (or of every source) that hold an unfinished publish."""
-    return [s for s in write.staging_folders(database, source) if read_intent(s) is not None]
+def pending(database: str, source: str | None = None) -> list[tuple[write.Staging, Intent]]:
+    """The staging folders of `source` (or of every source) that hold an unfinished publish, with its intent."""
+    found = ((staging, read_intent(staging)) for staging in write.staging_folders(database, source))
+    return [(staging, intent) for staging, intent in found if intent is not None]
 
 
 def interrupted(database: str) -> dict[str, str]:
     """Source -> id of its run that was killed while publishing (the next run of the source completes it)."""
-    return {intent.source: intent.run_id for intent in map(read_intent, pending(database)) if intent is not None}
+    return {intent.source: intent.run_id for _, intent in pending(database)}
 
 
 def stage_deletes(staging: write.Staging, table: str, ids: pa.Array) -> None:
@@ -166,8 +161,8 @@ def run_row(step: TableCommit, version: int, finished: datetime) -> dict:
 def complete_interrupted(database: str, source: str) -> list[dict]:
     """Complete the publish of a run of `source` that was killed in the middle of it; its `_runs` rows."""
     rows = []
-    for staging in pending(database, source):
-        rows += complete(database, staging, read_intent(staging))
+    for staging, intent in pending(database, source):
+        rows += complete(database, staging, intent)
     return rows
 
 

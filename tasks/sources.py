@@ -13,7 +13,7 @@ the same rows streamed by pyarrow with text as bytes when it does (`over_rows`, 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,10 +261,12 @@ def _from_bytes(values: pa.Array, t: pa.DataType) -> pa.Array:
     return values.cast(t)
 
 
-def _rows_as_bytes(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.RecordBatchReader:
-    """The files' columns named in `types` (cast to them, text as bytes) with `filename` and `file_row_number`, as
-    DuckDB's read_parquet(filename = true, file_row_number = true) names them; streamed batch by batch."""
-    schema = pa.schema([*((c, _as_bytes_type(t)) for c, t in types.items()),
+def _stream_rows(files: tuple[str, ...], types: dict[str, pa.DataType], stored: Callable[[pa.DataType], pa.DataType],
+                 convert: Callable[[pa.Array, pa.DataType], pa.Array]) -> pa.RecordBatchReader:
+    """The files' columns named in `types`, each made `convert(values, type)` of type `stored(type)`, with
+    `filename` and `file_row_number`, as DuckDB's read_parquet(filename = true, file_row_number = true) names
+    them; streamed batch by batch."""
+    schema = pa.schema([*((c, stored(t)) for c, t in types.items()),
                         ("filename", pa.string()), ("file_row_number", pa.int64())])
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -272,38 +274,32 @@ def _rows_as_bytes(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.
             first = 0
             for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(columns=list(types)):
                 n = batch.num_rows
-                columns = [_as_bytes(batch.column(c), t) for c, t in types.items()]
+                columns = [convert(batch.column(c), t) for c, t in types.items()]
                 yield pa.record_batch([*columns, pa.repeat(pa.scalar(file), n),
                                        pa.array(np.arange(first, first + n, dtype=np.int64))], schema=schema)
                 first += n
 
     return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _rows_as_bytes(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.RecordBatchReader:
+    """The files' columns named in `types`, cast to them, text as bytes (`_stream_rows`)."""
+    return _stream_rows(files, types, _as_bytes_type, _as_bytes)
+
+
+def _text_or_null(values: pa.Array, t: pa.DataType) -> pa.Array:
+    """`values` cast to `t`; text as large_string with each value that is not valid UTF-8 made null."""
+    if not is_text_type(t):
+        return values.cast(t)
+    raw = values.cast(pa.large_string()).view(pa.large_binary())
+    return pc.if_else(invalid_utf8(values), pa.scalar(None, pa.large_binary()), raw).cast(pa.large_string())
 
 
 def rows_as_text(files: tuple[str, ...], types: dict[str, pa.DataType]) -> pa.RecordBatchReader:
     """Like `_rows_as_bytes`, but text stays text, with each value that is not valid UTF-8 made null: for queries
     that must treat every valid value exactly as DuckDB's own reader does (the diff's content hashes), while
     the rows with bad text look like rows never embedded (so they are read again, and rejected again)."""
-    schema = pa.schema([*((c, pa.large_string() if is_text_type(t) else t) for c, t in types.items()),
-                        ("filename", pa.string()), ("file_row_number", pa.int64())])
-
-    def text_or_null(values: pa.Array, t: pa.DataType) -> pa.Array:
-        if not is_text_type(t):
-            return values.cast(t)
-        raw = values.cast(pa.large_string()).view(pa.large_binary())
-        return pc.if_else(invalid_utf8(values), pa.scalar(None, pa.large_binary()), raw).cast(pa.large_string())
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for file in files:
-            first = 0
-            for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(columns=list(types)):
-                n = batch.num_rows
-                columns = [text_or_null(batch.column(c), t) for c, t in types.items()]
-                yield pa.record_batch([*columns, pa.repeat(pa.scalar(file), n),
-                                       pa.array(np.arange(first, first + n, dtype=np.int64))], schema=schema)
-                first += n
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
+    return _stream_rows(files, types, lambda t: pa.large_string() if is_text_type(t) else t, _text_or_null)
 
 
 def is_bad_encoding(error: duckdb.Error) -> bool:

@@ -67,17 +67,11 @@ class Staging:
 
     def mark_done(self, table: str, shard_key: str, figures: dict[str, int]) -> None:
         """Record that a shard is fully staged for `table`, with its figures (written last)."""
-        blob = json.dumps(figures).encode()
+        self._put(self.folder("done", table), f"{shard_key}.json", _bytes_writer(json.dumps(figures).encode()))
 
-        def put(path: str, fs: pafs.FileSystem) -> None:
-            with fs.open_output_stream(path) as f:
-                f.write(blob)
-
-        self._put(self.folder("done", table), f"{shard_key}.json", put)
-
-    def put_file(self, name: str, write_to: Callable[[str, pafs.FileSystem], None]) -> None:
-        """Write file `name` at the top of the staging folder, atomically (the publish intent)."""
-        self._put(self.root, name, write_to)
+    def put_file(self, name: str, blob: bytes) -> None:
+        """Write file `name` with `blob` at the top of the staging folder, atomically (the publish intent)."""
+        self._put(self.root, name, _bytes_writer(blob))
 
     def done(self, table: str, shard_key: str) -> dict[str, int] | None:
         """The figures of a shard staged earlier for `table`, or None if it is not done."""
@@ -101,6 +95,15 @@ class Staging:
         fs, root = pafs.FileSystem.from_uri(self.root)
         if fs.get_file_info(root).type == pafs.FileType.Directory:
             fs.delete_dir(root)
+
+
+def _bytes_writer(blob: bytes) -> Callable[[str, pafs.FileSystem], None]:
+    """A `Staging._put` writer of `blob`."""
+    def put(path: str, fs: pafs.FileSystem) -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(blob)
+
+    return put
 
 
 def staging_folders(database: str, source: str | None = None) -> list[Staging]:
